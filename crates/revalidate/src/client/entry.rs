@@ -1,0 +1,327 @@
+//! One cached query: its value, timestamps and fetch state.
+//!
+//! An entry lives inline in the map's node, so a cached read touches the
+//! node, the key text and the value, and nothing else. The fields a read
+//! touches are atomics; everything a writer changes is changed under the
+//! entry's `cold` mutex, which no reader ever takes and no fetch holds while
+//! it waits on the source.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering::*};
+
+use arc_swap::ArcSwapOption;
+use futures::channel::oneshot;
+use futures::future::Shared;
+use parking_lot::{Mutex, MutexGuard};
+use tokio::sync::watch;
+
+use crate::fetch::FetchError;
+use crate::policy::Staleness;
+use crate::rt::Stamp;
+use crate::stats::ResourceCounters;
+
+/// What the map knows about one action: its staleness limit and the
+/// counters of its resource. Shared by every key of the action.
+#[derive(Debug)]
+pub(crate) struct ActionInfo {
+    pub(crate) name: Arc<str>,
+    pub(crate) staleness: Staleness,
+    /// `staleness` in nanoseconds; `i64::MAX` for never, 0 for always.
+    limit_nanos: i64,
+    pub(crate) counters: Arc<ResourceCounters>,
+}
+
+impl ActionInfo {
+    pub(crate) fn new(name: &str, staleness: Staleness, counters: Arc<ResourceCounters>) -> Self {
+        let limit_nanos = staleness
+            .limit()
+            .map_or(i64::MAX, crate::rt::duration_nanos);
+        Self {
+            name: name.into(),
+            staleness,
+            limit_nanos,
+            counters,
+        }
+    }
+}
+
+/// The result a fetch hands to the readers waiting on it.
+pub(crate) type FlightResult<V> = Result<super::Hit<V>, FetchError>;
+/// A fetch in progress that readers can join; it resolves to `Canceled` if
+/// the reader running the fetch gave up, and then one waiter takes over.
+pub(crate) type Flight<V> = Shared<oneshot::Receiver<FlightResult<V>>>;
+
+/// A failure, and when it happened.
+#[derive(Clone, Debug)]
+pub(crate) struct ErrorRecord {
+    pub(crate) error: FetchError,
+    pub(crate) at: Stamp,
+}
+
+/// Entry state that exists only now and then (a fetch in flight, a recorded
+/// error, subscribers). Boxed and dropped when empty, to keep idle entries small.
+pub(crate) struct Cold<V> {
+    pub(crate) flight: Option<Flight<V>>,
+    pub(crate) last_error: Option<ErrorRecord>,
+    /// Subscribers' channel: carries the data version.
+    pub(crate) changes: Option<watch::Sender<u64>>,
+}
+
+impl<V> Default for Cold<V> {
+    fn default() -> Self {
+        Self {
+            flight: None,
+            last_error: None,
+            changes: None,
+        }
+    }
+}
+
+impl<V> Cold<V> {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.flight.is_none() && self.last_error.is_none() && self.changes.is_none()
+    }
+
+    pub(crate) fn observers(&self) -> usize {
+        self.changes
+            .as_ref()
+            .map_or(0, watch::Sender::receiver_count)
+    }
+}
+
+/// The writer's view of an entry, holding its `cold` lock.
+pub(crate) struct Locked<'a, V> {
+    cold: MutexGuard<'a, Option<Box<Cold<V>>>>,
+}
+
+impl<V> Locked<'_, V> {
+    pub(crate) fn get(&self) -> Option<&Cold<V>> {
+        self.cold.as_deref()
+    }
+
+    pub(crate) fn get_mut(&mut self) -> &mut Cold<V> {
+        self.cold.get_or_insert_with(Box::default)
+    }
+
+    /// Frees the cold part if nothing is left in it.
+    pub(crate) fn tidy(&mut self) {
+        if self.cold.as_ref().is_some_and(|c| c.is_empty()) {
+            *self.cold = None;
+        }
+    }
+
+    pub(crate) fn take(&mut self) -> Option<Box<Cold<V>>> {
+        self.cold.take()
+    }
+}
+
+const FETCHING: u8 = 1;
+const INVALIDATED: u8 = 2;
+
+/// Reads do not record every read time: a read stores the time only when
+/// the stored one is older than this, so hot keys read from several threads
+/// do not bounce a cache line on every read. Activity windows are minutes.
+const TOUCH_GRANULARITY_NANOS: i64 = 250_000_000;
+
+/// One cached query.
+pub(crate) struct Entry<V> {
+    pub(crate) action: Arc<ActionInfo>,
+    data: ArcSwapOption<V>,
+    /// When the data was last stored or confirmed; `i64::MIN` without data.
+    updated_at: AtomicI64,
+    last_read: AtomicI64,
+    /// Data version: bumped on every change of the value.
+    version: AtomicU64,
+    /// The earliest due time the refresh schedule holds for this entry
+    /// (`i64::MAX`: none); lets the schedule delete lazily.
+    pub(crate) queued_due: AtomicI64,
+    /// Distinguishes this entry from an earlier one under the same key.
+    pub(crate) generation: u32,
+    /// Consecutive failed fetches.
+    errors: AtomicU32,
+    /// Invalidations so far; a fetch compares it before and after.
+    invalidations: AtomicU32,
+    flags: AtomicU8,
+    cold: Mutex<Option<Box<Cold<V>>>>,
+}
+
+impl<V> Entry<V> {
+    pub(crate) fn new(action: Arc<ActionInfo>, now: Stamp) -> Self {
+        static GENERATION: AtomicU32 = AtomicU32::new(0);
+        Self {
+            action,
+            data: ArcSwapOption::empty(),
+            updated_at: AtomicI64::new(i64::MIN),
+            last_read: AtomicI64::new(now.0),
+            version: AtomicU64::new(0),
+            queued_due: AtomicI64::new(i64::MAX),
+            generation: GENERATION.fetch_add(1, Relaxed),
+            errors: AtomicU32::new(0),
+            invalidations: AtomicU32::new(0),
+            flags: AtomicU8::new(0),
+            cold: Mutex::new(None),
+        }
+    }
+
+    /// The cached value (a reference-count increment; no copy, no lock).
+    #[inline]
+    pub(crate) fn data(&self) -> Option<Arc<V>> {
+        self.data.load_full()
+    }
+
+    pub(crate) fn has_data(&self) -> bool {
+        self.data.load().is_some()
+    }
+
+    /// Whether the data is stale at `now`: invalidated, or older than the limit.
+    #[inline]
+    pub(crate) fn is_stale(&self, now: Stamp) -> bool {
+        self.flags.load(Relaxed) & INVALIDATED != 0
+            || now.0.saturating_sub(self.updated_at.load(Relaxed)) >= self.action.limit_nanos
+    }
+
+    /// Records a read at `now` (coarsely; see `TOUCH_GRANULARITY_NANOS`).
+    #[inline]
+    pub(crate) fn touch(&self, now: Stamp) {
+        if now.0.saturating_sub(self.last_read.load(Relaxed)) >= TOUCH_GRANULARITY_NANOS {
+            self.last_read.store(now.0, Relaxed);
+        }
+    }
+
+    pub(crate) fn last_read(&self) -> Stamp {
+        Stamp(self.last_read.load(Relaxed))
+    }
+
+    pub(crate) fn updated_at(&self) -> Option<Stamp> {
+        match self.updated_at.load(Relaxed) {
+            i64::MIN => None,
+            t => Some(Stamp(t)),
+        }
+    }
+
+    pub(crate) fn version(&self) -> u64 {
+        self.version.load(Acquire)
+    }
+
+    pub(crate) fn errors(&self) -> u32 {
+        self.errors.load(Relaxed)
+    }
+
+    pub(crate) fn invalidations(&self) -> u32 {
+        self.invalidations.load(Acquire)
+    }
+
+    pub(crate) fn is_fetching(&self) -> bool {
+        self.flags.load(Relaxed) & FETCHING != 0
+    }
+
+    pub(crate) fn is_invalidated(&self) -> bool {
+        self.flags.load(Relaxed) & INVALIDATED != 0
+    }
+
+    /// Takes the writer lock.
+    pub(crate) fn lock(&self) -> Locked<'_, V> {
+        Locked {
+            cold: self.cold.lock(),
+        }
+    }
+
+    // The setters below are called with the writer lock held (`_w`), which
+    // orders every change of data, version and flags.
+
+    pub(crate) fn set_fetching(&self, _w: &Locked<'_, V>, on: bool) {
+        if on {
+            self.flags.fetch_or(FETCHING, Relaxed);
+        } else {
+            self.flags.fetch_and(!FETCHING, Relaxed);
+        }
+    }
+
+    pub(crate) fn invalidate(&self, _w: &Locked<'_, V>) {
+        self.invalidations.fetch_add(1, Release);
+        self.flags.fetch_or(INVALIDATED, Relaxed);
+    }
+
+    /// Stores `value` (if it differs) and marks the data updated at `now`.
+    /// Returns the value now cached and whether it changed. `validated`
+    /// clears the invalidated mark (the data is known current).
+    pub(crate) fn store(
+        &self,
+        w: &mut Locked<'_, V>,
+        value: Option<V>,
+        now: Stamp,
+        validated: bool,
+    ) -> (Option<Arc<V>>, bool)
+    where
+        V: PartialEq,
+    {
+        let current = self.data.load_full();
+        let (cached, changed) = match (value, current) {
+            (Some(new), Some(cur)) if *cur == new => (Some(cur), false),
+            (Some(new), _) => {
+                let new = Arc::new(new);
+                self.data.store(Some(new.clone()));
+                (Some(new), true)
+            }
+            (None, cur) => (cur, false),
+        };
+        self.updated_at.store(now.0, Relaxed);
+        if validated {
+            self.flags.fetch_and(!INVALIDATED, Relaxed);
+        }
+        if changed {
+            let v = self.version.fetch_add(1, AcqRel) + 1;
+            if let Some(tx) = w.get().and_then(|c| c.changes.as_ref()) {
+                tx.send_replace(v);
+            }
+        }
+        (cached, changed)
+    }
+
+    /// Restores persisted state into a fresh entry.
+    pub(crate) fn restore(&self, _w: &Locked<'_, V>, value: Arc<V>, updated: Stamp, version: u64) {
+        self.data.store(Some(value));
+        self.updated_at.store(updated.0, Relaxed);
+        self.version.store(version, Release);
+    }
+
+    pub(crate) fn record_success(&self, w: &mut Locked<'_, V>) {
+        self.errors.store(0, Relaxed);
+        if let Some(c) = w.cold.as_mut() {
+            c.last_error = None;
+        }
+    }
+
+    pub(crate) fn record_error(&self, w: &mut Locked<'_, V>, error: FetchError, at: Stamp) -> u32 {
+        w.get_mut().last_error = Some(ErrorRecord { error, at });
+        self.errors.fetch_add(1, Relaxed) + 1
+    }
+
+    /// Restores a persisted error count and error.
+    pub(crate) fn restore_error(
+        &self,
+        w: &mut Locked<'_, V>,
+        count: u32,
+        error: Option<ErrorRecord>,
+    ) {
+        self.errors.store(count, Relaxed);
+        w.get_mut().last_error = error;
+        w.tidy();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_entries_are_small() {
+        // The per-entry memory target (≤ 256 bytes beyond the payload) leaves
+        // room for the key and the map's own overhead only if this stays small.
+        assert!(
+            std::mem::size_of::<Entry<u64>>() <= 88,
+            "{}",
+            std::mem::size_of::<Entry<u64>>()
+        );
+    }
+}

@@ -1,0 +1,3 @@
+//! The background refresh service.
+
+pub(crate) mod plan;

@@ -1,0 +1,197 @@
+//! Time and spawning, in one place.
+//!
+//! The engine reads the time and waits only through this module, and it
+//! spawns nothing except blocking store I/O through [`spawn_blocking`]. Everything
+//! here runs on tokio's clock, so tests drive the engine with a paused clock
+//! (`#[tokio::test(start_paused = true)]`), and a browser (wasm) backend can be
+//! added by giving this module a second implementation.
+
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+pub(crate) use tokio::time::Instant;
+
+/// A point on the engine's timeline, in nanoseconds since the [`Clock`]'s
+/// origin. Signed, because entries restored from a store can predate the
+/// process.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub(crate) struct Stamp(pub(crate) i64);
+
+impl Stamp {
+    /// Later than every real time: "never".
+    pub(crate) const MAX: Stamp = Stamp(i64::MAX);
+    /// Earlier than every real time.
+    pub(crate) const MIN: Stamp = Stamp(i64::MIN);
+
+    pub(crate) fn add(self, d: Duration) -> Stamp {
+        Stamp(self.0.saturating_add(duration_nanos(d)))
+    }
+
+    pub(crate) fn sub(self, d: Duration) -> Stamp {
+        Stamp(self.0.saturating_sub(duration_nanos(d)))
+    }
+
+    /// Time from `earlier` to `self`, zero if `earlier` is later.
+    pub(crate) fn since(self, earlier: Stamp) -> Duration {
+        let nanos = self.0.saturating_sub(earlier.0);
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(0))
+    }
+}
+
+pub(crate) fn duration_nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// The engine's clock: monotonic [`Stamp`]s from tokio's clock, and their
+/// wall-clock equivalents for display and persistence.
+///
+/// Wall time is derived from the monotonic clock (`wall_origin + elapsed`), so
+/// it advances with a paused test clock, and ages computed from stored wall
+/// times stay consistent with ages computed in memory.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Clock {
+    origin: Instant,
+    wall_origin: SystemTime,
+}
+
+impl Clock {
+    pub(crate) fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            wall_origin: SystemTime::now(),
+        }
+    }
+
+    /// The current time. This is on the cached read path: one clock read.
+    #[inline]
+    pub(crate) fn now(&self) -> Stamp {
+        Stamp(duration_nanos(Instant::now().duration_since(self.origin)))
+    }
+
+    pub(crate) fn to_wall(&self, t: Stamp) -> SystemTime {
+        if t.0 >= 0 {
+            self.wall_origin + Duration::from_nanos(t.0.unsigned_abs())
+        } else {
+            self.wall_origin
+                .checked_sub(Duration::from_nanos(t.0.unsigned_abs()))
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        }
+    }
+
+    pub(crate) fn from_wall(&self, wall: SystemTime) -> Stamp {
+        match wall.duration_since(self.wall_origin) {
+            Ok(after) => Stamp(duration_nanos(after)),
+            Err(before) => Stamp(-duration_nanos(before.duration())),
+        }
+    }
+
+    /// The tokio instant of a stamp, for sleeping until it.
+    pub(crate) fn to_instant(&self, t: Stamp) -> Instant {
+        if t.0 >= 0 {
+            // Far-future stamps (`Stamp::MAX`) clamp to about 30 years out,
+            // which tokio's timer accepts.
+            let far = Duration::from_secs(86_400 * 365 * 30);
+            self.origin + Duration::from_nanos(t.0.unsigned_abs()).min(far)
+        } else {
+            self.origin
+                .checked_sub(Duration::from_nanos(t.0.unsigned_abs()))
+                .unwrap_or(self.origin)
+        }
+    }
+}
+
+/// The wall-clock time, for display fields that are not on a [`Clock`].
+pub(crate) fn wall_now() -> SystemTime {
+    SystemTime::now()
+}
+
+/// Sleeps until `deadline` on tokio's clock.
+pub(crate) async fn sleep_until(deadline: Instant) {
+    tokio::time::sleep_until(deadline).await;
+}
+
+/// Runs `fut` with a time limit on tokio's clock; `None` when it ran out.
+pub(crate) async fn timeout<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
+    tokio::time::timeout(limit, fut).await.ok()
+}
+
+/// Runs blocking work (store I/O) off the async threads.
+#[allow(dead_code)] // Used by the on-disk store.
+pub(crate) async fn spawn_blocking<T, F>(f: F) -> T
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(value) => value,
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    }
+}
+
+/// Formats a duration compactly for logs: `234ms`, `6m`, `1h 5m`, `2d 3h`.
+pub(crate) fn compact_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    let s = d.as_secs();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    if s < 60 {
+        let tenths = (ms % 1000) / 100;
+        return if tenths == 0 {
+            format!("{s}s")
+        } else {
+            format!("{s}.{tenths}s")
+        };
+    }
+    let (d_, h, m, sec) = (s / 86_400, (s / 3600) % 24, (s / 60) % 60, s % 60);
+    match (d_, h, m, sec) {
+        (0, 0, m, 0) => format!("{m}m"),
+        (0, 0, m, sec) => format!("{m}m {sec}s"),
+        (0, h, 0, _) => format!("{h}h"),
+        (0, h, m, _) => format!("{h}h {m}m"),
+        (d_, 0, _, _) => format!("{d_}d"),
+        (d_, h, _, _) => format!("{d_}d {h}h"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_durations() {
+        let cases = [
+            (Duration::from_millis(234), "234ms"),
+            (Duration::from_millis(1500), "1.5s"),
+            (Duration::from_secs(30), "30s"),
+            (Duration::from_secs(360), "6m"),
+            (Duration::from_secs(365), "6m 5s"),
+            (Duration::from_secs(3600), "1h"),
+            (Duration::from_secs(3900), "1h 5m"),
+            (Duration::from_secs(86_400 * 2 + 3 * 3600), "2d 3h"),
+        ];
+        for (d, want) in cases {
+            assert_eq!(compact_duration(d), want);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wall_time_follows_the_paused_clock() {
+        let clock = Clock::new();
+        let t0 = clock.now();
+        tokio::time::advance(Duration::from_secs(90)).await;
+        let t1 = clock.now();
+        assert_eq!(t1.since(t0), Duration::from_secs(90));
+        let w0 = clock.to_wall(t0);
+        assert_eq!(
+            clock.to_wall(t1).duration_since(w0).unwrap(),
+            Duration::from_secs(90)
+        );
+        assert_eq!(clock.from_wall(clock.to_wall(t1)), t1);
+        let old = clock.to_wall(t0) - Duration::from_secs(3600);
+        assert_eq!(
+            clock.now().since(clock.from_wall(old)),
+            Duration::from_secs(3690)
+        );
+    }
+}

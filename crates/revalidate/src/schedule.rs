@@ -1,0 +1,275 @@
+//! Deadline queues: when each query is next due for a refresh (and for
+//! garbage collection).
+//!
+//! A binary heap ordered by due time, with lazy deletion: rescheduling an
+//! entry does not search the heap, it pushes the new deadline and leaves the
+//! old one to be discarded when it surfaces. Each entry remembers the
+//! earliest deadline it has queued (`Entry::queued_due`), so a later deadline
+//! for an entry that is already queued earlier is not pushed at all and the
+//! heap holds about one item per scheduled entry. Finding what is due costs a
+//! peek plus one pop per due item, however many queries are cached.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::*};
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::key::QueryKey;
+use crate::rt::Stamp;
+
+/// One deadline.
+#[derive(Debug, Clone)]
+pub(crate) struct Due {
+    pub(crate) at: Stamp,
+    seq: u64,
+    /// The entry generation it was queued for; a recreated entry under the
+    /// same key has another.
+    pub(crate) generation: u32,
+    pub(crate) key: QueryKey,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Due {}
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Due {
+    // Ties broken by insertion order, so equal deadlines come out first-in first-out.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// A min-heap of deadlines.
+#[derive(Debug, Default)]
+pub(crate) struct Deadlines {
+    heap: Mutex<BinaryHeap<Reverse<Due>>>,
+    /// The earliest deadline (`i64::MAX` when empty), readable without the lock.
+    next: AtomicI64,
+    seq: AtomicU64,
+}
+
+impl Deadlines {
+    pub(crate) fn new() -> Self {
+        Self {
+            heap: Mutex::default(),
+            next: AtomicI64::new(i64::MAX),
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn push(&self, at: Stamp, key: QueryKey, generation: u32) {
+        let seq = self.seq.fetch_add(1, Relaxed);
+        let mut heap = self.heap.lock();
+        heap.push(Reverse(Due {
+            at,
+            seq,
+            generation,
+            key,
+        }));
+        self.next.fetch_min(at.0, Relaxed);
+    }
+
+    /// The earliest deadline, if any.
+    pub(crate) fn next(&self) -> Option<Stamp> {
+        match self.next.load(Relaxed) {
+            i64::MAX => None,
+            t => Some(Stamp(t)),
+        }
+    }
+
+    /// Moves up to `limit` deadlines at or before `now` into `out`, earliest first.
+    pub(crate) fn pop_due(&self, now: Stamp, limit: usize, out: &mut Vec<Due>) -> usize {
+        if self.next.load(Relaxed) > now.0 {
+            return 0;
+        }
+        let mut heap = self.heap.lock();
+        let mut n = 0;
+        while n < limit {
+            match heap.peek() {
+                Some(Reverse(d)) if d.at <= now => {}
+                _ => break,
+            }
+            let Reverse(d) = heap.pop().expect("peeked");
+            out.push(d);
+            n += 1;
+        }
+        self.next
+            .store(heap.peek().map_or(i64::MAX, |Reverse(d)| d.at.0), Relaxed);
+        n
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.heap.lock().len()
+    }
+}
+
+/// The refresh schedule: the deadline queue plus the per-entry "earliest
+/// queued" marker, switched on when a refresh service attaches to a client.
+#[derive(Debug)]
+pub(crate) struct RefreshSchedule {
+    enabled: AtomicBool,
+    queue: Deadlines,
+    /// Spread of due times (f64 bits).
+    jitter: AtomicU64,
+    /// Wakes the service early for urgent work (coming online, shutdown).
+    pub(crate) wake: Notify,
+}
+
+impl RefreshSchedule {
+    pub(crate) fn new() -> Self {
+        Self {
+            enabled: AtomicBool::new(false),
+            queue: Deadlines::new(),
+            jitter: AtomicU64::new(0f64.to_bits()),
+            wake: Notify::new(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn is_enabled(&self) -> bool {
+        self.enabled.load(Relaxed)
+    }
+
+    /// Switches scheduling on; false if it already was (one service per client).
+    pub(crate) fn enable(&self, jitter: f64) -> bool {
+        self.jitter.store(jitter.to_bits(), Relaxed);
+        !self.enabled.swap(true, AcqRel)
+    }
+
+    pub(crate) fn disable(&self) {
+        self.enabled.store(false, Release);
+    }
+
+    pub(crate) fn jitter(&self) -> f64 {
+        f64::from_bits(self.jitter.load(Relaxed))
+    }
+
+    /// Queues `key` to be looked at by `at`, unless it is already queued at
+    /// or before `at`.
+    pub(crate) fn schedule(
+        &self,
+        queued_due: &AtomicI64,
+        generation: u32,
+        key: &QueryKey,
+        at: Stamp,
+    ) {
+        if !self.is_enabled() {
+            return;
+        }
+        let mut current = queued_due.load(Acquire);
+        loop {
+            if current <= at.0 {
+                return;
+            }
+            match queued_due.compare_exchange_weak(current, at.0, AcqRel, Acquire) {
+                Ok(_) => break,
+                Err(seen) => current = seen,
+            }
+        }
+        self.queue.push(at, key.clone(), generation);
+    }
+
+    /// Takes up to `limit` due items, earliest first. The caller must call
+    /// [`RefreshSchedule::claim`] on each before acting on it.
+    pub(crate) fn pop_due(&self, now: Stamp, limit: usize, out: &mut Vec<Due>) -> usize {
+        self.queue.pop_due(now, limit, out)
+    }
+
+    /// Whether `due` is the live deadline of the entry it names (and not a
+    /// superseded one); if so, marks the entry as no longer queued.
+    pub(crate) fn claim(queued_due: &AtomicI64, due: &Due) -> bool {
+        queued_due
+            .compare_exchange(due.at.0, i64::MAX, AcqRel, Acquire)
+            .is_ok()
+    }
+
+    pub(crate) fn next(&self) -> Option<Stamp> {
+        self.queue.next()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+/// A number in `[-1, 1)` derived from a key and a salt: jitter that spreads
+/// keys evenly and is the same in every run (no random source needed).
+pub(crate) fn spread(key: &QueryKey, salt: u64) -> f64 {
+    // splitmix64 finaliser over the key's hash and the salt.
+    let mut z = key.precomputed_hash() ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u32) -> QueryKey {
+        QueryKey::new("a", serde_json::json!(i))
+    }
+
+    #[test]
+    fn pops_in_deadline_order_and_only_due() {
+        let q = Deadlines::new();
+        q.push(Stamp(30), key(3), 0);
+        q.push(Stamp(10), key(1), 0);
+        q.push(Stamp(20), key(2), 0);
+        q.push(Stamp(10), key(4), 0);
+        assert_eq!(q.next(), Some(Stamp(10)));
+        let mut out = Vec::new();
+        assert_eq!(q.pop_due(Stamp(20), 10, &mut out), 3);
+        let keys: Vec<_> = out.iter().map(|d| d.key.clone()).collect();
+        assert_eq!(keys, vec![key(1), key(4), key(2)]);
+        assert_eq!(q.next(), Some(Stamp(30)));
+        out.clear();
+        assert_eq!(q.pop_due(Stamp(29), 10, &mut out), 0);
+        assert_eq!(q.pop_due(Stamp(30), 10, &mut out), 1);
+        assert_eq!(q.next(), None);
+    }
+
+    #[test]
+    fn lazy_deletion_keeps_one_live_item_per_entry() {
+        let s = RefreshSchedule::new();
+        let queued = AtomicI64::new(i64::MAX);
+        let k = key(1);
+        s.schedule(&queued, 0, &k, Stamp(100)); // disabled: ignored
+        assert_eq!(s.len(), 0);
+        s.enable(0.0);
+        s.schedule(&queued, 0, &k, Stamp(100));
+        s.schedule(&queued, 0, &k, Stamp(200)); // later: not pushed
+        assert_eq!(s.len(), 1);
+        s.schedule(&queued, 0, &k, Stamp(50)); // earlier: pushed, 100 is now stale
+        assert_eq!(s.len(), 2);
+        let mut out = Vec::new();
+        s.pop_due(Stamp(1000), 10, &mut out);
+        let live: Vec<_> = out
+            .iter()
+            .filter(|d| RefreshSchedule::claim(&queued, d))
+            .collect();
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0].at, Stamp(50));
+        assert_eq!(queued.load(Relaxed), i64::MAX);
+    }
+
+    #[test]
+    fn spread_is_deterministic_and_bounded() {
+        let k = key(7);
+        assert_eq!(spread(&k, 1), spread(&k, 1));
+        let xs: Vec<f64> = (0..1000).map(|i| spread(&key(i), 0)).collect();
+        assert!(xs.iter().all(|x| (-1.0..1.0).contains(x)));
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        assert!(mean.abs() < 0.1, "{mean}");
+    }
+}
