@@ -33,16 +33,14 @@ use serde_json::Value;
 /// ```
 #[derive(Clone)]
 pub struct QueryKey {
-    inner: Arc<KeyInner>,
-}
-
-struct KeyInner {
+    /// Inline, so hashing a key and rejecting unequal keys never leave the
+    /// map's node.
     hash: u64,
     /// Length of the action prefix of `text`; the rest is the canonical params.
     action_len: u32,
     /// `action` immediately followed by the canonical parameter JSON (empty
-    /// when the key has no parameters). One allocation for both.
-    text: Box<str>,
+    /// when the key has no parameters). One shared allocation for both.
+    text: Arc<str>,
 }
 
 /// The process-wide seed for key hashes. Random per process so that keys built
@@ -96,24 +94,22 @@ impl QueryKey {
         let hash = hash_state().hash_one(text.as_bytes());
         let action_len = u32::try_from(action_len).expect("action names are shorter than 4 GiB");
         Self {
-            inner: Arc::new(KeyInner {
-                hash,
-                action_len,
-                text: text.into_boxed_str(),
-            }),
+            hash,
+            action_len,
+            text: text.into(),
         }
     }
 
     /// The action name, e.g. `"process.list"`.
     pub fn action(&self) -> &str {
-        &self.inner.text[..self.inner.action_len as usize]
+        &self.text[..self.action_len as usize]
     }
 
     /// The canonical JSON of the parameters; empty when the key has none.
     ///
     /// Fetchers can send this text as a request body as it is.
     pub fn params_json(&self) -> &str {
-        &self.inner.text[self.inner.action_len as usize..]
+        &self.text[self.action_len as usize..]
     }
 
     /// Whether the key carries parameters.
@@ -156,13 +152,7 @@ impl QueryKey {
 
     /// The precomputed hash of the key.
     pub(crate) fn precomputed_hash(&self) -> u64 {
-        self.inner.hash
-    }
-
-    /// Heap bytes owned by this key (for memory accounting in benchmarks).
-    #[doc(hidden)]
-    pub fn heap_size(&self) -> usize {
-        std::mem::size_of::<KeyInner>() + 2 * std::mem::size_of::<usize>() + self.inner.text.len()
+        self.hash
     }
 }
 
@@ -183,10 +173,9 @@ impl From<&str> for QueryKey {
 
 impl PartialEq for QueryKey {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.inner, &other.inner)
-            || (self.inner.hash == other.inner.hash
-                && self.inner.action_len == other.inner.action_len
-                && self.inner.text == other.inner.text)
+        self.hash == other.hash
+            && self.action_len == other.action_len
+            && (Arc::ptr_eq(&self.text, &other.text) || self.text == other.text)
     }
 }
 
@@ -194,7 +183,7 @@ impl Eq for QueryKey {}
 
 impl Hash for QueryKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.inner.hash);
+        state.write_u64(self.hash);
     }
 }
 
@@ -212,13 +201,13 @@ impl Ord for QueryKey {
 
 impl fmt::Display for QueryKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.inner.text)
+        f.write_str(&self.text)
     }
 }
 
 impl fmt::Debug for QueryKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "QueryKey({})", self.inner.text)
+        write!(f, "QueryKey({})", self.text)
     }
 }
 

@@ -90,5 +90,6 @@ pub use policy::{
     BUILT_IN_DEFAULT, DurationError, LayerBuilder, Policy, PolicyBuilder, PolicyError, Rule,
     Staleness, parse_duration,
 };
+pub use rt::ClockSource;
 pub use settings::{RefreshSettings, SettingsError};
 pub use stats::{CacheStats, ResourceStats, Stats};

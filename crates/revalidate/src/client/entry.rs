@@ -9,12 +9,13 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering::*};
 
-use arc_swap::ArcSwapOption;
 use futures::channel::oneshot;
 use futures::future::Shared;
+use papaya::Guard;
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::watch;
 
+use super::cell::DataCell;
 use crate::fetch::FetchError;
 use crate::policy::Staleness;
 use crate::rt::Stamp;
@@ -123,10 +124,12 @@ const INVALIDATED: u8 = 2;
 /// do not bounce a cache line on every read. Activity windows are minutes.
 const TOUCH_GRANULARITY_NANOS: i64 = 250_000_000;
 
-/// One cached query.
+/// One cached query. `repr(C)` keeps the fields a read touches together,
+/// next to the key in the map's node.
+#[repr(C)]
 pub(crate) struct Entry<V> {
+    data: DataCell<V>,
     pub(crate) action: Arc<ActionInfo>,
-    data: ArcSwapOption<V>,
     /// When the data was last stored or confirmed; `i64::MIN` without data.
     updated_at: AtomicI64,
     last_read: AtomicI64,
@@ -149,8 +152,8 @@ impl<V> Entry<V> {
     pub(crate) fn new(action: Arc<ActionInfo>, now: Stamp) -> Self {
         static GENERATION: AtomicU32 = AtomicU32::new(0);
         Self {
+            data: DataCell::empty(),
             action,
-            data: ArcSwapOption::empty(),
             updated_at: AtomicI64::new(i64::MIN),
             last_read: AtomicI64::new(now.0),
             version: AtomicU64::new(0),
@@ -164,13 +167,14 @@ impl<V> Entry<V> {
     }
 
     /// The cached value (a reference-count increment; no copy, no lock).
+    /// `guard` is a guard of the map that holds the entry.
     #[inline]
-    pub(crate) fn data(&self) -> Option<Arc<V>> {
-        self.data.load_full()
+    pub(crate) fn data(&self, guard: &impl Guard) -> Option<Arc<V>> {
+        self.data.load(guard)
     }
 
     pub(crate) fn has_data(&self) -> bool {
-        self.data.load().is_some()
+        self.data.is_some()
     }
 
     /// Whether the data is stale at `now`: invalidated, or older than the limit.
@@ -251,16 +255,17 @@ impl<V> Entry<V> {
         value: Option<V>,
         now: Stamp,
         validated: bool,
+        guard: &impl Guard,
     ) -> (Option<Arc<V>>, bool)
     where
         V: PartialEq,
     {
-        let current = self.data.load_full();
+        let current = self.data.load(guard);
         let (cached, changed) = match (value, current) {
             (Some(new), Some(cur)) if *cur == new => (Some(cur), false),
             (Some(new), _) => {
                 let new = Arc::new(new);
-                self.data.store(Some(new.clone()));
+                self.data.store(new.clone(), guard);
                 (Some(new), true)
             }
             (None, cur) => (cur, false),
@@ -279,8 +284,15 @@ impl<V> Entry<V> {
     }
 
     /// Restores persisted state into a fresh entry.
-    pub(crate) fn restore(&self, _w: &Locked<'_, V>, value: Arc<V>, updated: Stamp, version: u64) {
-        self.data.store(Some(value));
+    pub(crate) fn restore(
+        &self,
+        _w: &Locked<'_, V>,
+        value: Arc<V>,
+        updated: Stamp,
+        version: u64,
+        guard: &impl Guard,
+    ) {
+        self.data.store(value, guard);
         self.updated_at.store(updated.0, Relaxed);
         self.version.store(version, Release);
     }

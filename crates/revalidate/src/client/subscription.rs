@@ -72,7 +72,7 @@ impl<V: PartialEq + Send + Sync + 'static> Stream for Subscription<V> {
                     let entry = self.inner.map.get(&self.key, &guard);
                     let Some(value) = entry
                         .filter(|e| e.generation == self.generation)
-                        .and_then(|e| e.data())
+                        .and_then(|e| e.data(&guard))
                     else {
                         continue;
                     };
