@@ -43,6 +43,7 @@
 //! - [`QueryClient`]: the cache. `get`, `get_cached`, `subscribe`, `set_data`,
 //!   `invalidate`, `remove`, `state`, `stats`.
 //! - [`NetworkMonitor`]: online/offline.
+//! - [`BackgroundRefresh`]: the service that keeps active queries fresh.
 //!
 //! # Consistency
 //!
@@ -67,6 +68,7 @@ mod client;
 pub mod config;
 mod fetch;
 mod key;
+mod log;
 mod network;
 mod policy;
 mod refresh;
@@ -85,11 +87,13 @@ pub use fetch::{
     Batching, FetchError, FetchErrorKind, FetchRequest, Fetched, Fetcher, FnFetcher, fetcher_fn,
 };
 pub use key::{KeyHasher, PassThroughHasher, QueryKey, default_resource};
+pub use log::{debug_enabled, set_debug};
 pub use network::{NetworkMonitor, NetworkStatus, OfflineReason};
 pub use policy::{
     BUILT_IN_DEFAULT, DurationError, LayerBuilder, Policy, PolicyBuilder, PolicyError, Rule,
     Staleness, parse_duration,
 };
+pub use refresh::{BackgroundRefresh, RefreshController, RefreshError, RefreshHandle};
 pub use rt::ClockSource;
 pub use settings::{RefreshSettings, SettingsError};
 pub use stats::{CacheStats, ResourceStats, Stats};

@@ -168,11 +168,13 @@ impl NetworkMonitor {
         });
         if flipped {
             self.inner.transitions.fetch_add(1, Relaxed);
-            if online {
-                tracing::debug!(target: "revalidate", "📶 network online ({reason:?})");
-            } else {
-                tracing::debug!(target: "revalidate", "📴 offline ({reason:?}): pausing refreshes");
-            }
+            let by = match reason {
+                OfflineReason::Manual => "the application",
+                OfflineReason::Errors => "fetch errors",
+                OfflineReason::Probe => "the probe",
+            };
+            let state = if online { "online" } else { "offline" };
+            crate::log::decision!("🌐 network {state} (by {by})");
         }
         changed
     }

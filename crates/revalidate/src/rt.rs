@@ -156,6 +156,25 @@ pub(crate) async fn sleep_until(deadline: Instant) {
     tokio::time::sleep_until(deadline).await;
 }
 
+/// A ticker on tokio's clock. A tick that comes late (the loop was busy)
+/// delays the next ones rather than firing a burst.
+pub(crate) fn interval(period: Duration) -> tokio::time::Interval {
+    let mut t = tokio::time::interval(period);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
+}
+
+/// Spawns a task on the current tokio runtime. Only
+/// [`BackgroundRefresh::start`](crate::BackgroundRefresh::start) does, when the
+/// application asks for it.
+pub(crate) fn spawn<F>(fut: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(fut)
+}
+
 /// Runs `fut` with a time limit on tokio's clock; `None` when it ran out.
 pub(crate) async fn timeout<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
     tokio::time::timeout(limit, fut).await.ok()

@@ -66,7 +66,8 @@ impl Deadlines {
         }
     }
 
-    pub(crate) fn push(&self, at: Stamp, key: QueryKey, generation: u32) {
+    /// Adds a deadline; returns whether it is now the earliest.
+    pub(crate) fn push(&self, at: Stamp, key: QueryKey, generation: u32) -> bool {
         let seq = self.seq.fetch_add(1, Relaxed);
         let mut heap = self.heap.lock();
         heap.push(Reverse(Due {
@@ -75,7 +76,7 @@ impl Deadlines {
             generation,
             key,
         }));
-        self.next.fetch_min(at.0, Relaxed);
+        self.next.fetch_min(at.0, Relaxed) > at.0
     }
 
     /// The earliest deadline, if any.
@@ -109,6 +110,11 @@ impl Deadlines {
 
     pub(crate) fn len(&self) -> usize {
         self.heap.lock().len()
+    }
+
+    pub(crate) fn clear(&self) {
+        self.heap.lock().clear();
+        self.next.store(i64::MAX, Relaxed);
     }
 }
 
@@ -175,7 +181,10 @@ impl RefreshSchedule {
                 Err(seen) => current = seen,
             }
         }
-        self.queue.push(at, key.clone(), generation);
+        if self.queue.push(at, key.clone(), generation) {
+            // The service sleeps until the earliest deadline: tell it.
+            self.wake.notify_one();
+        }
     }
 
     /// Takes up to `limit` due items, earliest first. The caller must call
@@ -198,6 +207,11 @@ impl RefreshSchedule {
 
     pub(crate) fn len(&self) -> usize {
         self.queue.len()
+    }
+
+    /// Drops every deadline (the service detached).
+    pub(crate) fn clear(&self) {
+        self.queue.clear();
     }
 }
 

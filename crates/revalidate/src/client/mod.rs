@@ -152,8 +152,9 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClientBuilder<V> {
         self
     }
 
-    /// How long a query with no subscriber and no read stays cached
-    /// (TanStack's `gcTime`; default five minutes).
+    /// How long a query stays cached once it is inactive: no subscriber,
+    /// and (with a refresh service attached) no read for `inactive_after`.
+    /// TanStack's `gcTime`; default five minutes.
     pub fn gc_time(mut self, gc_time: Duration) -> Self {
         self.gc_time = gc_time;
         self
@@ -205,9 +206,8 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClientBuilder<V> {
                 network: self.network.unwrap_or_default(),
                 limiter: Limiter::new(self.max_concurrent_fetches),
                 fetch_timeout: AtomicU64::new(nanos_u64(self.fetch_timeout)),
-                inactive_after: AtomicI64::new(rt::duration_nanos(
-                    RefreshSettings::default().inactive_after,
-                )),
+                // Without a refresh service a read keeps nothing active.
+                inactive_after: AtomicI64::new(0),
                 gc: Deadlines::new(),
                 gc_time: self.gc_time,
                 schedule: RefreshSchedule::new(),
@@ -477,7 +477,7 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClient<V> {
             }
         }
         if n > 0 {
-            tracing::debug!(target: "revalidate", "🗑️ invalidated {n} queries ({filter:?})");
+            crate::log::decision!("🗑️ invalidated {n} queries ({filter:?})");
         }
         n
     }
@@ -556,6 +556,46 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClient<V> {
             .filter(|(_, e)| inner.is_active(e, now))
             .count();
         stats
+    }
+
+    /// Publishes the statistics through the [`metrics`] facade, so that any
+    /// installed exporter (Prometheus, StatsD, …) can serve them. A running
+    /// refresh service does this at every check; call it before a scrape
+    /// for figures to the moment.
+    ///
+    /// Counters: `revalidate_refreshes_total{resource,outcome}`,
+    /// `revalidate_retries_total{resource}`,
+    /// `revalidate_skipped_offline_total{resource}`,
+    /// `revalidate_cache_reads_total{resource,result}`,
+    /// `revalidate_bytes_fetched_total{resource}`. Gauges:
+    /// `revalidate_queries`, `revalidate_online`,
+    /// `revalidate_fetches_in_flight`, `revalidate_fetch_limit`. The
+    /// histogram `revalidate_refresh_duration_seconds{resource}` is recorded
+    /// as fetches complete.
+    pub fn publish_metrics(&self) {
+        let inner = &self.inner;
+        for (name, c) in inner.resources.lock().iter() {
+            let s = c.snapshot();
+            let r = name.clone();
+            let outcome = |o: &'static str| metrics::counter!("revalidate_refreshes_total", "resource" => r.clone(), "outcome" => o);
+            outcome("success").absolute(s.successful_refreshes - s.not_modified);
+            outcome("not_modified").absolute(s.not_modified);
+            outcome("failure").absolute(s.failed_refreshes);
+            metrics::counter!("revalidate_retries_total", "resource" => r.clone())
+                .absolute(s.retries);
+            metrics::counter!("revalidate_skipped_offline_total", "resource" => r.clone())
+                .absolute(s.skipped_offline);
+            metrics::counter!("revalidate_bytes_fetched_total", "resource" => r.clone())
+                .absolute(s.bytes_fetched);
+            let read = |o: &'static str| metrics::counter!("revalidate_cache_reads_total", "resource" => r.clone(), "result" => o);
+            read("fresh").absolute(s.cache.fresh_hits);
+            read("stale").absolute(s.cache.stale_hits);
+            read("miss").absolute(s.cache.misses);
+        }
+        metrics::gauge!("revalidate_queries").set(inner.map.len() as f64);
+        metrics::gauge!("revalidate_online").set(if inner.network.is_online() { 1.0 } else { 0.0 });
+        metrics::gauge!("revalidate_fetches_in_flight").set(inner.limiter.in_flight() as f64);
+        metrics::gauge!("revalidate_fetch_limit").set(inner.limiter.limit() as f64);
     }
 
     /// The staleness rules in use.
@@ -992,8 +1032,7 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
         let name = &entry.action.name;
         match plan::retry_delay(&settings, attempt, error, key) {
             Some(delay) => {
-                tracing::debug!(
-                    target: "revalidate",
+                crate::log::decision!(
                     "❌ {key} failed: {error}; retry {attempt}/{} in {}",
                     settings.max_retries,
                     rt::compact_duration(delay)
@@ -1012,13 +1051,12 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
                     format!("{} retries used", settings.max_retries)
                 };
                 match next {
-                    Some(at) => tracing::debug!(
-                        target: "revalidate",
+                    Some(at) => crate::log::decision!(
                         "❌ {name} failed: {error}; {why}, next try in {}",
                         rt::compact_duration(at.since(now))
                     ),
                     None => {
-                        tracing::debug!(target: "revalidate", "❌ {name} failed: {error}; {why}")
+                        crate::log::decision!("❌ {name} failed: {error}; {why}")
                     }
                 }
                 if let Some(at) = next {
@@ -1063,7 +1101,13 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
                 continue;
             };
             let idle_since = entry.last_read();
-            let expires = idle_since.add(self.gc_time);
+            // Garbage time counts from when the query stops being active.
+            let expires = Stamp(
+                idle_since
+                    .0
+                    .saturating_add(self.inactive_after.load(Relaxed)),
+            )
+            .add(self.gc_time);
             let busy = entry.is_fetching() || entry.lock().get().is_some_and(|c| c.observers() > 0);
             if busy {
                 self.gc.push(now.add(self.gc_time), d.key, d.generation);
@@ -1086,12 +1130,14 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
                         removed += 1;
                     }
                     // Read or subscribed just now: look again later.
-                    _ => self.gc.push(now.add(self.gc_time), d.key, d.generation),
+                    _ => {
+                        self.gc.push(now.add(self.gc_time), d.key, d.generation);
+                    }
                 }
             }
         }
         if removed > 0 {
-            tracing::debug!(target: "revalidate", "🧹 collected {removed} unused queries");
+            crate::log::decision!("🧹 collected {removed} unused queries");
         }
         removed
     }
