@@ -154,6 +154,15 @@ impl QueryKey {
     pub(crate) fn precomputed_hash(&self) -> u64 {
         self.hash
     }
+
+    /// A hash of the key that is the same in every process (FNV-1a of the
+    /// text). For spreading work (jitter), where runs and restarts should
+    /// agree; never for maps, where keys from outside could collide on purpose.
+    pub(crate) fn stable_hash(&self) -> u64 {
+        self.text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    }
 }
 
 /// The resource type of an action by the default rule: the text before the

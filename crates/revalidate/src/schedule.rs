@@ -118,6 +118,10 @@ impl Deadlines {
     }
 }
 
+/// `Entry::queued_due` while the entry waits in the executor's queue: earlier
+/// than any deadline, so nothing queues it again until its job starts.
+pub(crate) const IN_EXECUTOR: i64 = i64::MIN;
+
 /// The refresh schedule: the deadline queue plus the per-entry "earliest
 /// queued" marker, switched on when a refresh service attaches to a client.
 #[derive(Debug)]
@@ -216,10 +220,11 @@ impl RefreshSchedule {
 }
 
 /// A number in `[-1, 1)` derived from a key and a salt: jitter that spreads
-/// keys evenly and is the same in every run (no random source needed).
+/// keys evenly and is the same in every run and process (no random source
+/// needed, and tests replay exactly).
 pub(crate) fn spread(key: &QueryKey, salt: u64) -> f64 {
-    // splitmix64 finaliser over the key's hash and the salt.
-    let mut z = key.precomputed_hash() ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    // splitmix64 finaliser over the key's stable hash and the salt.
+    let mut z = key.stable_hash() ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;

@@ -57,6 +57,9 @@ pub(crate) type Flight<V> = Shared<oneshot::Receiver<FlightResult<V>>>;
 pub(crate) struct ErrorRecord {
     pub(crate) error: FetchError,
     pub(crate) at: Stamp,
+    /// The entry's invalidation count then: an invalidation since asks for
+    /// a refresh at once, whatever the backoff says.
+    pub(crate) invalidations: u32,
 }
 
 /// Entry state that exists only now and then (a fetch in flight, a recorded
@@ -211,6 +214,11 @@ impl<V> Entry<V> {
         self.errors.load(Relaxed)
     }
 
+    /// The last failure, while the entry is failing.
+    pub(crate) fn last_error(&self) -> Option<ErrorRecord> {
+        self.lock().get().and_then(|c| c.last_error.clone())
+    }
+
     pub(crate) fn invalidations(&self) -> u32 {
         self.invalidations.load(Acquire)
     }
@@ -305,7 +313,12 @@ impl<V> Entry<V> {
     }
 
     pub(crate) fn record_error(&self, w: &mut Locked<'_, V>, error: FetchError, at: Stamp) -> u32 {
-        w.get_mut().last_error = Some(ErrorRecord { error, at });
+        let invalidations = self.invalidations();
+        w.get_mut().last_error = Some(ErrorRecord {
+            error,
+            at,
+            invalidations,
+        });
         self.errors.fetch_add(1, Relaxed) + 1
     }
 

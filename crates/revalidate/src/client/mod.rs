@@ -833,6 +833,14 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
             .map
             .get(key, &guard)
             .filter(|e| e.generation == generation)?;
+        // Out of the executor's queue: from here its flight (or the one
+        // already in the air) reschedules it when done.
+        let _ = entry.queued_due.compare_exchange(
+            crate::schedule::IN_EXECUTOR,
+            i64::MAX,
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+        );
         let mut w = entry.lock();
         if w.get().is_some_and(|c| c.flight.is_some()) {
             return None;
@@ -902,15 +910,13 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
             Some(entry) => {
                 let mut w = entry.lock();
                 let result = match result {
-                    Ok(_) if entry.version() != lease.version => {
-                        // A newer write (set_data) arrived while this fetch
-                        // was in flight: it wins.
-                        entry.record_success(&mut w);
-                        Ok(Hit::fetched(
-                            entry.data(&guard).expect("a write stored data"),
-                            entry.version(),
-                        ))
-                    }
+                    // A newer write (set_data) arrived while this fetch was
+                    // in flight: it wins, and the fetch's outcome, success
+                    // or failure, is moot. Its readers get the newer value.
+                    _ if entry.version() != lease.version => Ok(Hit::fetched(
+                        entry.data(&guard).expect("a write stored data"),
+                        entry.version(),
+                    )),
                     Ok(fetched) if fetched.value.is_none() && !entry.has_data() => {
                         Err(FetchError::bad_data(
                             "the source answered \"not modified\" but nothing is cached",

@@ -70,7 +70,7 @@ impl<V: PartialEq + Send + Sync + 'static> Monitor<V> {
             entry
                 .queued_due
                 .store(i64::MAX, std::sync::atomic::Ordering::Release);
-            if let Some(due) = self.due_time(key, entry, now) {
+            if let Some((due, _)) = self.due_time(key, entry, now) {
                 inner
                     .schedule
                     .schedule(&entry.queued_due, entry.generation, key, due);
@@ -83,10 +83,13 @@ impl<V: PartialEq + Send + Sync + 'static> Monitor<V> {
         self.backlog.len()
     }
 
-    /// When `entry` needs a refresh: now if it has no data or was
-    /// invalidated, else when its data turns stale; `None` for never.
-    fn due_time(&self, key: &QueryKey, entry: &Entry<V>, now: Stamp) -> Option<Stamp> {
-        match entry.updated_at() {
+    /// When `entry` needs a refresh, and whether that time is a backoff
+    /// (never served early). Now if it has no data or was invalidated, else
+    /// when its data turns stale; `None` for never. While it is failing, not
+    /// before its retry time: a failing source is backed off even when data
+    /// goes stale sooner, unless an invalidation since asks for it.
+    fn due_time(&self, key: &QueryKey, entry: &Entry<V>, now: Stamp) -> Option<(Stamp, bool)> {
+        let natural = match entry.updated_at() {
             None => Some(now),
             Some(_) if entry.is_invalidated() => Some(now),
             Some(updated) => plan::due_after_update(
@@ -96,6 +99,29 @@ impl<V: PartialEq + Send + Sync + 'static> Monitor<V> {
                 entry.version(),
                 self.settings.jitter,
             ),
+        };
+        let failing = entry.errors();
+        if failing == 0 {
+            return natural.map(|at| (at, false));
+        }
+        let Some(failure) = entry.last_error() else {
+            return natural.map(|at| (at, false));
+        };
+        if entry.invalidations() != failure.invalidations {
+            return Some((now, false));
+        }
+        let backoff = plan::not_before(
+            &self.settings,
+            entry.action.staleness,
+            failing,
+            &failure.error,
+            failure.at,
+            key,
+        );
+        match (natural, backoff) {
+            (_, None) => None,
+            (Some(at), Some(nb)) if at >= nb => Some((at, false)),
+            (_, Some(nb)) => Some((nb, true)),
         }
     }
 
@@ -165,11 +191,11 @@ impl<V: PartialEq + Send + Sync + 'static> Monitor<V> {
                 // Its fetch reschedules it when it completes.
                 continue;
             }
-            let Some(at) = self.due_time(&due.key, entry, now) else {
+            let Some((at, backoff)) = self.due_time(&due.key, entry, now) else {
                 continue;
             };
-            let retry_pending = entry.errors() > 0 && due.at > at;
-            if at > horizon && !retry_pending {
+            // A backoff is a minimum: the window does not serve it early.
+            if at > horizon || (backoff && at > now) {
                 schedule.schedule(&entry.queued_due, entry.generation, &due.key, at);
                 report.rescheduled += 1;
                 continue;
@@ -203,6 +229,10 @@ impl<V: PartialEq + Send + Sync + 'static> Monitor<V> {
                 decision!("⏰ {} has no data yet", due.key);
             }
             report.due += 1;
+            entry.queued_due.store(
+                crate::schedule::IN_EXECUTOR,
+                std::sync::atomic::Ordering::Release,
+            );
             out.push(Work {
                 key: due.key,
                 generation: due.generation,
@@ -232,6 +262,10 @@ impl<V: PartialEq + Send + Sync + 'static> Monitor<V> {
             if !self.inner.is_active(entry, now) {
                 continue;
             }
+            entry.queued_due.store(
+                crate::schedule::IN_EXECUTOR,
+                std::sync::atomic::Ordering::Release,
+            );
             return Some(Work {
                 key: due.key,
                 generation: due.generation,

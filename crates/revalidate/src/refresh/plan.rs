@@ -70,6 +70,23 @@ pub(crate) fn due_after_giving_up(
     due_after_update(staleness, failed_at, key, u64::MAX, jitter)
 }
 
+/// The earliest time a failing query may be fetched again: the retry time
+/// while retries remain, then its next natural due time counted from the
+/// failure. `None`: not by time (a `Never` query that used its retries).
+pub(crate) fn not_before(
+    settings: &RefreshSettings,
+    staleness: Staleness,
+    attempt: u32,
+    error: &FetchError,
+    failed_at: Stamp,
+    key: &QueryKey,
+) -> Option<Stamp> {
+    match retry_delay(settings, attempt, error, key) {
+        Some(delay) => Some(failed_at.add(delay)),
+        None => due_after_giving_up(staleness, failed_at, key, settings.jitter),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
