@@ -16,22 +16,39 @@
 //! - `revalidate_tokio_clock`: the same with the default clock, tokio's
 //!   (exact; follows paused test clocks; its read is a serialising
 //!   `lfence; rdtsc`).
+//! - `revalidate_persisted`: `revalidate` with persistence attached (a redb
+//!   store and its write-behind task): the read path should not notice.
 //!
-//! Reported time is per hit, per thread: with two threads each does `iters`
-//! hits, and ideal scaling shows the same time as one thread.
+//! Each (contender, size, threads) runs in a process of its own, built
+//! fresh (no contender inherits memory another freed), `RUNS` times; each
+//! run reports the median of `ROUNDS` timed walks. The table gives the
+//! median over runs, in nanoseconds per hit per thread (two threads each do
+//! the full walk: ideal scaling shows the same time as one thread).
 //!
 //! Run: `cargo bench -p revalidate --bench read_path`
 
 use std::collections::HashMap;
 use std::hint::black_box;
+use std::process::Command;
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use criterion::{Criterion, criterion_group, criterion_main};
 use revalidate::{
     ClockSource, FetchError, KeyHasher, QueryClient, QueryKey, Staleness, fetcher_fn,
 };
 use serde_json::json;
+
+const CONTENDERS: [&str; 6] = [
+    "std_hashmap",
+    "papaya",
+    "moka",
+    "revalidate",
+    "revalidate_tokio_clock",
+    "revalidate_persisted",
+];
+const RUNS: usize = 3;
+const ROUNDS: usize = 5;
+const HITS_PER_ROUND: usize = 1_000_000;
 
 fn make_key(i: usize) -> QueryKey {
     QueryKey::new(
@@ -119,11 +136,11 @@ fn build(name: &str, keys: &[QueryKey]) -> Box<dyn Contender> {
             m.run_pending_tasks();
             Box::new(Moka(m))
         }
-        "revalidate" | "revalidate_tokio_clock" => {
-            let source = if name == "revalidate" {
-                ClockSource::Coarse
-            } else {
+        "revalidate" | "revalidate_tokio_clock" | "revalidate_persisted" => {
+            let source = if name == "revalidate_tokio_clock" {
                 ClockSource::Tokio
+            } else {
+                ClockSource::Coarse
             };
             let policy = revalidate::Policy::builder()
                 .default_staleness(Staleness::Never)
@@ -136,23 +153,39 @@ fn build(name: &str, keys: &[QueryKey]) -> Box<dyn Contender> {
             .clock(source)
             .initial_capacity(n)
             .build();
+            if name == "revalidate_persisted" {
+                // The write-behind task runs on a runtime of its own for the
+                // life of the process.
+                let rt: &'static tokio::runtime::Runtime = Box::leak(Box::new(
+                    tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(1)
+                        .enable_all()
+                        .build()
+                        .unwrap(),
+                ));
+                let dir: &'static tempfile::TempDir =
+                    Box::leak(Box::new(tempfile::tempdir().unwrap()));
+                let store = revalidate::RedbStore::open(dir.path().join("bench.redb")).unwrap();
+                rt.block_on(revalidate::Persistence::new(store).start(&c))
+                    .unwrap();
+            }
             for (i, k) in keys.iter().enumerate() {
                 c.set_data(k, i as u64);
             }
             Box::new(Revalidate(c))
         }
-        _ => unreachable!(),
+        other => panic!("unknown contender {other}"),
     }
 }
 
-/// Time for `iters` hits on each of `threads` threads, walking `order`.
-fn run(
+/// Nanoseconds per hit per thread for one walk of `hits` lookups on each thread.
+fn walk(
     c: &dyn Contender,
     lookups: &[QueryKey],
     order: &[usize],
     threads: usize,
-    iters: u64,
-) -> Duration {
+    hits: usize,
+) -> f64 {
     let barrier = Barrier::new(threads);
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
@@ -163,7 +196,7 @@ fn run(
                     let mut i = t * order.len() / threads;
                     barrier.wait();
                     let start = Instant::now();
-                    for _ in 0..iters {
+                    for _ in 0..hits {
                         let hit = c.get(&lookups[order[i]]);
                         black_box(hit.expect("every lookup is a hit"));
                         i += 1;
@@ -171,47 +204,107 @@ fn run(
                             i = 0;
                         }
                     }
-                    start.elapsed()
+                    start.elapsed().as_nanos() as f64 / hits as f64
                 })
             })
             .collect();
         handles
             .into_iter()
             .map(|h| h.join().unwrap())
-            .max()
-            .unwrap()
+            .fold(0.0, f64::max)
     })
 }
 
-fn read_path(crit: &mut Criterion) {
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Measures one configuration in this process; prints ns per hit.
+fn one(name: &str, n: usize, threads: usize) {
+    let keys: Vec<QueryKey> = (0..n).map(make_key).collect();
+    let lookups: Vec<QueryKey> = (0..n).map(make_key).collect();
+    let order = shuffled(n);
+    let contender = build(name, &keys);
+    walk(
+        contender.as_ref(),
+        &lookups,
+        &order,
+        threads,
+        HITS_PER_ROUND / 4,
+    );
+    let rounds = (0..ROUNDS)
+        .map(|_| {
+            walk(
+                contender.as_ref(),
+                &lookups,
+                &order,
+                threads,
+                HITS_PER_ROUND,
+            )
+        })
+        .collect();
+    println!("{:.1}", median(rounds));
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--one") {
+        one(
+            &args[i + 1],
+            args[i + 2].parse().unwrap(),
+            args[i + 3].parse().unwrap(),
+        );
+        return;
+    }
+    // `cargo bench` passes `--bench`; a further argument filters contenders.
+    let filter = args.iter().skip(1).find(|a| !a.starts_with("--")).cloned();
+    let exe = std::env::current_exe().expect("the bench binary");
+    let contenders: Vec<&str> = CONTENDERS
+        .iter()
+        .copied()
+        .filter(|c| filter.as_deref().is_none_or(|f| c.contains(f)))
+        .collect();
+    println!(
+        "cached read, ns per hit per thread, median of {RUNS} processes × median of {ROUNDS} walks of {HITS_PER_ROUND} hits"
+    );
+    print!("| keys | threads |");
+    for c in &contenders {
+        print!(" {c} |");
+    }
+    println!(" revalidate / std_hashmap | revalidate / moka | persisted / revalidate |");
+    println!("|---|---|{}---|---|---|", "---|".repeat(contenders.len()));
     for n in [1_000usize, 100_000] {
-        let keys: Vec<QueryKey> = (0..n).map(make_key).collect();
-        let lookups: Vec<QueryKey> = (0..n).map(make_key).collect();
-        let order = shuffled(n);
-        // Build every contender before measuring any: none then gets memory
-        // another one freed, which would scatter its nodes.
-        let names = [
-            "std_hashmap",
-            "papaya",
-            "moka",
-            "revalidate",
-            "revalidate_tokio_clock",
-        ];
-        let contenders: Vec<(&str, Box<dyn Contender>)> =
-            names.iter().map(|n| (*n, build(n, &keys))).collect();
         for threads in [1usize, 2] {
-            let mut group = crit.benchmark_group(format!("read_hit/{}keys/{threads}thread", n));
-            group.measurement_time(Duration::from_secs(3));
-            group.warm_up_time(Duration::from_secs(1));
-            for (name, contender) in &contenders {
-                group.bench_function(*name, |b| {
-                    b.iter_custom(|iters| run(contender.as_ref(), &lookups, &order, threads, iters))
-                });
+            let mut results = HashMap::new();
+            print!("| {n} | {threads} |");
+            for c in &contenders {
+                let runs: Vec<f64> = (0..RUNS)
+                    .map(|_| {
+                        let out = Command::new(&exe)
+                            .args(["--one", c, &n.to_string(), &threads.to_string()])
+                            .output()
+                            .expect("run one configuration");
+                        String::from_utf8_lossy(&out.stdout)
+                            .trim()
+                            .parse()
+                            .unwrap_or(f64::NAN)
+                    })
+                    .collect();
+                let m = median(runs);
+                results.insert(*c, m);
+                print!(" {m:.1} |");
             }
-            group.finish();
+            let ratio = |a: &str, b: &str| match (results.get(a), results.get(b)) {
+                (Some(a), Some(b)) => format!("{:.2}×", a / b),
+                _ => "–".to_owned(),
+            };
+            println!(
+                " {} | {} | {} |",
+                ratio("revalidate", "std_hashmap"),
+                ratio("revalidate", "moka"),
+                ratio("revalidate_persisted", "revalidate")
+            );
         }
     }
 }
-
-criterion_group!(benches, read_path);
-criterion_main!(benches);

@@ -36,12 +36,15 @@ pub struct QueryKey {
     /// Inline, so hashing a key and rejecting unequal keys never leave the
     /// map's node.
     hash: u64,
-    /// Length of the action prefix of `text`; the rest is the canonical params.
-    action_len: u32,
-    /// `action` immediately followed by the canonical parameter JSON (empty
-    /// when the key has no parameters). One shared allocation for both.
+    /// The action, then (if the key has parameters) a NUL and the canonical
+    /// parameter JSON. One shared allocation for both; the separator keeps
+    /// the key at 24 bytes, which every map node and deadline holds.
     text: Arc<str>,
 }
+
+/// Separates the action from the parameters in a key's text. Canonical JSON
+/// never contains a raw NUL (it is escaped in strings), and action names may not.
+const SEPARATOR: char = '\0';
 
 /// The process-wide seed for key hashes. Random per process so that keys built
 /// from untrusted input (the daemon's URLs) cannot be chosen to collide.
@@ -54,14 +57,23 @@ impl QueryKey {
     /// Builds a key from an action name and JSON parameters.
     ///
     /// `Value::Null` means "no parameters" and renders as the bare action.
+    ///
+    /// # Panics
+    ///
+    /// If `action` contains a NUL character.
     pub fn new(action: impl AsRef<str>, params: Value) -> Self {
         let action = action.as_ref();
+        assert!(
+            !action.contains(SEPARATOR),
+            "an action name may not contain a NUL character: {action:?}"
+        );
         let mut text = String::with_capacity(action.len() + 32);
         text.push_str(action);
         if !params.is_null() {
+            text.push(SEPARATOR);
             write_canonical(&params, &mut text);
         }
-        Self::from_text(text, action.len())
+        Self::from_text(text)
     }
 
     /// Builds a key for an action without parameters.
@@ -90,26 +102,28 @@ impl QueryKey {
         Ok(Self::new(action, serde_json::to_value(params)?))
     }
 
-    fn from_text(text: String, action_len: usize) -> Self {
+    fn from_text(text: String) -> Self {
         let hash = hash_state().hash_one(text.as_bytes());
-        let action_len = u32::try_from(action_len).expect("action names are shorter than 4 GiB");
         Self {
             hash,
-            action_len,
             text: text.into(),
         }
     }
 
     /// The action name, e.g. `"process.list"`.
     pub fn action(&self) -> &str {
-        &self.text[..self.action_len as usize]
+        self.text
+            .split_once(SEPARATOR)
+            .map_or(&self.text, |(action, _)| action)
     }
 
     /// The canonical JSON of the parameters; empty when the key has none.
     ///
     /// Fetchers can send this text as a request body as it is.
     pub fn params_json(&self) -> &str {
-        &self.text[self.action_len as usize..]
+        self.text
+            .split_once(SEPARATOR)
+            .map_or("", |(_, params)| params)
     }
 
     /// Whether the key carries parameters.
@@ -150,9 +164,9 @@ impl QueryKey {
         default_resource(self.action())
     }
 
-    /// The precomputed hash of the key.
-    pub(crate) fn precomputed_hash(&self) -> u64 {
-        self.hash
+    /// The key's text: the action, then a NUL and the parameters if any.
+    pub(crate) fn text(&self) -> &str {
+        &self.text
     }
 
     /// A hash of the key that is the same in every process (FNV-1a of the
@@ -182,9 +196,7 @@ impl From<&str> for QueryKey {
 
 impl PartialEq for QueryKey {
     fn eq(&self, other: &Self) -> bool {
-        self.hash == other.hash
-            && self.action_len == other.action_len
-            && (Arc::ptr_eq(&self.text, &other.text) || self.text == other.text)
+        self.hash == other.hash && (Arc::ptr_eq(&self.text, &other.text) || self.text == other.text)
     }
 }
 
@@ -210,13 +222,14 @@ impl Ord for QueryKey {
 
 impl fmt::Display for QueryKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
+        f.write_str(self.action())?;
+        f.write_str(self.params_json())
     }
 }
 
 impl fmt::Debug for QueryKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "QueryKey({})", self.text)
+        write!(f, "QueryKey({self})")
     }
 }
 
@@ -323,7 +336,7 @@ mod tests {
         let a = QueryKey::new("p.list", json!({"a": 1, "b": {"y": [1, 2], "x": null}}));
         let b = QueryKey::new("p.list", json!({"b": {"x": null, "y": [1, 2]}, "a": 1}));
         assert_eq!(a, b);
-        assert_eq!(a.precomputed_hash(), b.precomputed_hash());
+        assert_eq!(a.hash, b.hash);
         let mut m = HashMap::with_hasher(KeyHasher);
         m.insert(a, 1);
         assert_eq!(m.get(&b), Some(&1));
@@ -390,6 +403,25 @@ mod tests {
             QueryKey::bare("a").params_as::<Option<Filter>>().unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn a_key_is_24_bytes() {
+        // Every map node and every deadline holds one.
+        assert_eq!(std::mem::size_of::<QueryKey>(), 24);
+    }
+
+    #[test]
+    #[should_panic(expected = "may not contain a NUL")]
+    fn actions_with_nul_are_refused() {
+        let _ = QueryKey::bare("a\0b");
+    }
+
+    #[test]
+    fn a_nul_inside_params_is_escaped() {
+        let k = QueryKey::new("a", json!({"q": "x\u{0}y"}));
+        assert_eq!(k.action(), "a");
+        assert_eq!(k.params(), json!({"q": "x\u{0}y"}));
     }
 
     #[test]

@@ -36,14 +36,17 @@
 //!
 //! # The parts
 //!
-//! - [`QueryKey`]: an action name and canonical parameters.
-//! - [`Policy`] and [`Staleness`]: when data goes stale, per resource and action,
-//!   with named profiles. [`Config`] loads them, and [`RefreshSettings`], from TOML.
-//! - [`Fetcher`]: how to reach the source (the seed's `ActionClient`).
-//! - [`QueryClient`]: the cache. `get`, `get_cached`, `subscribe`, `set_data`,
+//! - [`QueryKey`] — an action name and canonical parameters.
+//! - [`Policy`] and [`Staleness`] — when data goes stale, per resource and
+//!   action, with named profiles. [`Config`] loads them from TOML, with the
+//!   [`RefreshSettings`].
+//! - [`Fetcher`] — how to reach the source (the seed's `ActionClient`).
+//! - [`QueryClient`] — the cache: `get`, `get_cached`, `subscribe`, `set_data`,
 //!   `invalidate`, `remove`, `state`, `stats`.
-//! - [`NetworkMonitor`]: online/offline.
-//! - [`BackgroundRefresh`]: the service that keeps active queries fresh.
+//! - [`NetworkMonitor`] — online or offline.
+//! - [`BackgroundRefresh`] — the service that keeps active queries fresh.
+//! - [`Persistence`] with a [`Store`] ([`RedbStore`] on disk) — the cache
+//!   survives restarts and works offline.
 //!
 //! # Consistency
 //!
@@ -70,12 +73,14 @@ mod fetch;
 mod key;
 mod log;
 mod network;
+mod persist;
 mod policy;
 mod refresh;
 mod rt;
 mod schedule;
 mod settings;
 mod stats;
+pub mod store;
 mod suggest;
 
 pub use client::{
@@ -89,11 +94,17 @@ pub use fetch::{
 pub use key::{KeyHasher, PassThroughHasher, QueryKey, default_resource};
 pub use log::{debug_enabled, set_debug};
 pub use network::{NetworkMonitor, NetworkStatus, OfflineReason};
+pub use persist::{HydrateReport, PersistHandle, PersistOptions, PersistStats, Persistence};
 pub use policy::{
     BUILT_IN_DEFAULT, DurationError, LayerBuilder, Policy, PolicyBuilder, PolicyError, Rule,
     Staleness, parse_duration,
 };
+#[doc(hidden)]
+pub use refresh::bench as refresh_bench;
 pub use refresh::{BackgroundRefresh, RefreshController, RefreshError, RefreshHandle};
 pub use rt::ClockSource;
 pub use settings::{RefreshSettings, SettingsError};
 pub use stats::{CacheStats, ResourceStats, Stats};
+#[cfg(feature = "redb")]
+pub use store::RedbStore;
+pub use store::{Codec, JsonCodec, MemoryStore, Store, StoreError};

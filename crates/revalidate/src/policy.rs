@@ -18,7 +18,6 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::key::default_resource;
-use crate::rt::Stamp;
 use crate::suggest::did_you_mean;
 
 /// When a cached query becomes stale.
@@ -43,6 +42,11 @@ pub enum Staleness {
 }
 
 impl Staleness {
+    /// Builds `After(d)` from a number of milliseconds.
+    pub const fn millis(millis: u64) -> Self {
+        Staleness::After(Duration::from_millis(millis))
+    }
+
     /// Builds `After(d)` from a number of seconds.
     pub const fn secs(secs: u64) -> Self {
         Staleness::After(Duration::from_secs(secs))
@@ -68,15 +72,6 @@ impl Staleness {
             Staleness::Never => false,
             Staleness::Always => true,
             Staleness::After(d) => age >= d,
-        }
-    }
-
-    /// The time at which data updated at `updated` turns stale.
-    pub(crate) fn stale_at(self, updated: Stamp) -> Stamp {
-        match self {
-            Staleness::Never => Stamp::MAX,
-            Staleness::Always => updated,
-            Staleness::After(d) => updated.add(d),
         }
     }
 
@@ -228,23 +223,12 @@ impl fmt::Display for Rule {
 /// let err = policy.with_profile("developmnet").unwrap_err();
 /// assert_eq!(err.to_string(), "unknown profile `developmnet`; did you mean `development`?");
 /// ```
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Policy {
     base: Layer,
     profiles: BTreeMap<String, Layer>,
     active: Option<String>,
     resource_of: HashMap<String, String>,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Self {
-            base: Layer::default(),
-            profiles: BTreeMap::new(),
-            active: None,
-            resource_of: HashMap::new(),
-        }
-    }
 }
 
 /// The staleness used when nothing is configured for an action: five
@@ -654,13 +638,6 @@ mod tests {
 
     #[test]
     fn staleness_math() {
-        let t = Stamp(1_000);
-        assert_eq!(Staleness::Never.stale_at(t), Stamp::MAX);
-        assert_eq!(Staleness::Always.stale_at(t), t);
-        assert_eq!(
-            Staleness::After(Duration::from_nanos(5)).stale_at(t),
-            Stamp(1_005)
-        );
         assert!(Staleness::Always.is_stale(Duration::ZERO));
         assert!(!Staleness::Never.is_stale(Duration::MAX));
         assert!(Staleness::secs(1).is_stale(Duration::from_secs(1)));

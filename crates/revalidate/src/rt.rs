@@ -18,17 +18,8 @@ pub(crate) use tokio::time::Instant;
 pub(crate) struct Stamp(pub(crate) i64);
 
 impl Stamp {
-    /// Later than every real time: "never".
-    pub(crate) const MAX: Stamp = Stamp(i64::MAX);
-    /// Earlier than every real time.
-    pub(crate) const MIN: Stamp = Stamp(i64::MIN);
-
     pub(crate) fn add(self, d: Duration) -> Stamp {
         Stamp(self.0.saturating_add(duration_nanos(d)))
-    }
-
-    pub(crate) fn sub(self, d: Duration) -> Stamp {
-        Stamp(self.0.saturating_sub(duration_nanos(d)))
     }
 
     /// Time from `earlier` to `self`, zero if `earlier` is later.
@@ -79,11 +70,12 @@ pub(crate) struct Clock {
 
 impl Clock {
     pub(crate) fn new(source: ClockSource) -> Self {
+        let origin = Instant::now();
         Self {
             source,
-            origin: Instant::now(),
+            origin,
             coarse_origin: coarse_nanos(),
-            wall_origin: SystemTime::now(),
+            wall_origin: wall_at(origin),
         }
     }
 
@@ -96,7 +88,7 @@ impl Clock {
         }
     }
 
-    pub(crate) fn to_wall(&self, t: Stamp) -> SystemTime {
+    pub(crate) fn wall_of(self, t: Stamp) -> SystemTime {
         if t.0 >= 0 {
             self.wall_origin + Duration::from_nanos(t.0.unsigned_abs())
         } else {
@@ -106,7 +98,7 @@ impl Clock {
         }
     }
 
-    pub(crate) fn from_wall(&self, wall: SystemTime) -> Stamp {
+    pub(crate) fn stamp_of(self, wall: SystemTime) -> Stamp {
         match wall.duration_since(self.wall_origin) {
             Ok(after) => Stamp(duration_nanos(after)),
             Err(before) => Stamp(-duration_nanos(before.duration())),
@@ -114,9 +106,9 @@ impl Clock {
     }
 
     /// The tokio instant of a stamp, for sleeping until it.
-    pub(crate) fn to_instant(&self, t: Stamp) -> Instant {
+    pub(crate) fn instant_of(self, t: Stamp) -> Instant {
         if t.0 >= 0 {
-            // Far-future stamps (`Stamp::MAX`) clamp to about 30 years out,
+            // Far-future stamps (`i64::MAX`: never) clamp to about 30 years out,
             // which tokio's timer accepts.
             let far = Duration::from_secs(86_400 * 365 * 30);
             self.origin + Duration::from_nanos(t.0.unsigned_abs()).min(far)
@@ -144,6 +136,19 @@ fn coarse_nanos() -> i64 {
 fn coarse_nanos() -> i64 {
     static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     duration_nanos(BASE.get_or_init(std::time::Instant::now).elapsed())
+}
+
+/// The wall-clock time of `instant`, by one mapping for the whole process
+/// (taken at first use), so that every client agrees on wall times, also
+/// when tests advance a paused clock between a client that persists and one
+/// that restores.
+fn wall_at(instant: Instant) -> SystemTime {
+    static ANCHOR: std::sync::OnceLock<(Instant, SystemTime)> = std::sync::OnceLock::new();
+    let (at, wall) = *ANCHOR.get_or_init(|| (Instant::now(), SystemTime::now()));
+    match instant.checked_duration_since(at) {
+        Some(after) => wall + after,
+        None => wall - at.duration_since(instant),
+    }
 }
 
 /// The wall-clock time, for display fields that are not on a [`Clock`].
@@ -262,15 +267,15 @@ mod tests {
         tokio::time::advance(Duration::from_secs(90)).await;
         let t1 = clock.now();
         assert_eq!(t1.since(t0), Duration::from_secs(90));
-        let w0 = clock.to_wall(t0);
+        let w0 = clock.wall_of(t0);
         assert_eq!(
-            clock.to_wall(t1).duration_since(w0).unwrap(),
+            clock.wall_of(t1).duration_since(w0).unwrap(),
             Duration::from_secs(90)
         );
-        assert_eq!(clock.from_wall(clock.to_wall(t1)), t1);
-        let old = clock.to_wall(t0) - Duration::from_secs(3600);
+        assert_eq!(clock.stamp_of(clock.wall_of(t1)), t1);
+        let old = clock.wall_of(t0) - Duration::from_secs(3600);
         assert_eq!(
-            clock.now().since(clock.from_wall(old)),
+            clock.now().since(clock.stamp_of(old)),
             Duration::from_secs(3690)
         );
     }

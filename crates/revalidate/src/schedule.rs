@@ -11,7 +11,7 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::*};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -19,11 +19,10 @@ use tokio::sync::Notify;
 use crate::key::QueryKey;
 use crate::rt::Stamp;
 
-/// One deadline.
+/// One deadline: 40 bytes, one per scheduled entry, so kept small.
 #[derive(Debug, Clone)]
 pub(crate) struct Due {
     pub(crate) at: Stamp,
-    seq: u64,
     /// The entry generation it was queued for; a recreated entry under the
     /// same key has another.
     pub(crate) generation: u32,
@@ -32,7 +31,7 @@ pub(crate) struct Due {
 
 impl PartialEq for Due {
     fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
+        self.at == other.at
     }
 }
 impl Eq for Due {}
@@ -42,9 +41,9 @@ impl PartialOrd for Due {
     }
 }
 impl Ord for Due {
-    // Ties broken by insertion order, so equal deadlines come out first-in first-out.
+    // Equal deadlines come out in no particular order.
     fn cmp(&self, other: &Self) -> Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
+        self.at.cmp(&other.at)
     }
 }
 
@@ -54,7 +53,6 @@ pub(crate) struct Deadlines {
     heap: Mutex<BinaryHeap<Reverse<Due>>>,
     /// The earliest deadline (`i64::MAX` when empty), readable without the lock.
     next: AtomicI64,
-    seq: AtomicU64,
 }
 
 impl Deadlines {
@@ -62,17 +60,14 @@ impl Deadlines {
         Self {
             heap: Mutex::default(),
             next: AtomicI64::new(i64::MAX),
-            seq: AtomicU64::new(0),
         }
     }
 
     /// Adds a deadline; returns whether it is now the earliest.
     pub(crate) fn push(&self, at: Stamp, key: QueryKey, generation: u32) -> bool {
-        let seq = self.seq.fetch_add(1, Relaxed);
         let mut heap = self.heap.lock();
         heap.push(Reverse(Due {
             at,
-            seq,
             generation,
             key,
         }));
@@ -128,8 +123,6 @@ pub(crate) const IN_EXECUTOR: i64 = i64::MIN;
 pub(crate) struct RefreshSchedule {
     enabled: AtomicBool,
     queue: Deadlines,
-    /// Spread of due times (f64 bits).
-    jitter: AtomicU64,
     /// Wakes the service early for urgent work (coming online, shutdown).
     pub(crate) wake: Notify,
 }
@@ -139,7 +132,6 @@ impl RefreshSchedule {
         Self {
             enabled: AtomicBool::new(false),
             queue: Deadlines::new(),
-            jitter: AtomicU64::new(0f64.to_bits()),
             wake: Notify::new(),
         }
     }
@@ -150,17 +142,12 @@ impl RefreshSchedule {
     }
 
     /// Switches scheduling on; false if it already was (one service per client).
-    pub(crate) fn enable(&self, jitter: f64) -> bool {
-        self.jitter.store(jitter.to_bits(), Relaxed);
+    pub(crate) fn enable(&self) -> bool {
         !self.enabled.swap(true, AcqRel)
     }
 
     pub(crate) fn disable(&self) {
         self.enabled.store(false, Release);
-    }
-
-    pub(crate) fn jitter(&self) -> f64 {
-        f64::from_bits(self.jitter.load(Relaxed))
     }
 
     /// Queues `key` to be looked at by `at`, unless it is already queued at
@@ -249,8 +236,10 @@ mod tests {
         assert_eq!(q.next(), Some(Stamp(10)));
         let mut out = Vec::new();
         assert_eq!(q.pop_due(Stamp(20), 10, &mut out), 3);
-        let keys: Vec<_> = out.iter().map(|d| d.key.clone()).collect();
+        let mut keys: Vec<_> = out.iter().map(|d| d.key.clone()).collect();
+        keys[..2].sort();
         assert_eq!(keys, vec![key(1), key(4), key(2)]);
+        assert_eq!(std::mem::size_of::<Due>(), 40);
         assert_eq!(q.next(), Some(Stamp(30)));
         out.clear();
         assert_eq!(q.pop_due(Stamp(29), 10, &mut out), 0);
@@ -265,7 +254,7 @@ mod tests {
         let k = key(1);
         s.schedule(&queued, 0, &k, Stamp(100)); // disabled: ignored
         assert_eq!(s.len(), 0);
-        s.enable(0.0);
+        s.enable();
         s.schedule(&queued, 0, &k, Stamp(100));
         s.schedule(&queued, 0, &k, Stamp(200)); // later: not pushed
         assert_eq!(s.len(), 1);

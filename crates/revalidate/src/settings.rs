@@ -134,11 +134,15 @@ mod tests {
 
     #[test]
     fn validation() {
-        let mut s = RefreshSettings::default();
-        s.batch_size = 0;
+        let s = RefreshSettings {
+            batch_size: 0,
+            ..RefreshSettings::default()
+        };
         assert_eq!(s.validate().unwrap_err().field, "batch_size");
-        let mut s = RefreshSettings::default();
-        s.jitter = 0.9;
+        let s = RefreshSettings {
+            jitter: 0.9,
+            ..RefreshSettings::default()
+        };
         assert_eq!(
             s.validate().unwrap_err().to_string(),
             "invalid refresh setting `jitter`: must be a fraction from 0.0 to 0.5"

@@ -148,11 +148,7 @@ impl ResourceCounters {
                 0 => None,
                 n => Some(SystemTime::UNIX_EPOCH + Duration::from_nanos(n)),
             },
-            average_refresh_time: if total == 0 {
-                Duration::ZERO
-            } else {
-                Duration::from_nanos(nanos / total)
-            },
+            average_refresh_time: Duration::from_nanos(nanos.checked_div(total).unwrap_or(0)),
         }
     }
 }

@@ -69,6 +69,10 @@ fn keys() -> Vec<QueryKey> {
         .collect()
 }
 
+/// One call to the source: when, whether the engine saw it fail, whether
+/// anything was cached when it was asked for, and its sequence number.
+type Call = (Instant, bool, bool, u64);
+
 /// A source whose outcome and latency for the n-th call of a key come from
 /// (seed, key, n): the same in every run and process, whatever the order in
 /// which keys are fetched.
@@ -78,8 +82,7 @@ struct Source {
     seed: u64,
     in_flight: Arc<AtomicUsize>,
     max_in_flight: Arc<AtomicUsize>,
-    /// Per key: (call time, failed?, was anything cached?, sequence number).
-    calls: Arc<Mutex<HashMap<QueryKey, Vec<(Instant, bool, bool, u64)>>>>,
+    calls: Arc<Mutex<HashMap<QueryKey, Vec<Call>>>>,
 }
 
 impl Source {

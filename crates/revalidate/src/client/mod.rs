@@ -25,7 +25,7 @@ use futures::FutureExt;
 use futures::channel::oneshot;
 use parking_lot::Mutex;
 
-pub(crate) use entry::{ActionInfo, Entry, Flight, FlightResult};
+pub(crate) use entry::{ActionInfo, Entry, ErrorRecord, Flight, FlightResult};
 pub use state::{FetchStatus, Freshness, Hit, QueryState};
 pub use subscription::Subscription;
 
@@ -453,6 +453,7 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClient<V> {
             inner
                 .schedule
                 .schedule(&entry.queued_due, entry.generation, key, now);
+            inner.changed(key);
             n += 1;
         };
         match &filter {
@@ -754,12 +755,10 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
                 let guard = self.map.guard();
                 let now = self.clock.now();
                 let entry = self.entry_or_create(key, now, &guard);
-                if !force {
-                    if let Some(value) = entry.data(&guard) {
-                        // Filled by another reader since we looked.
-                        let stale = entry.is_stale(now);
-                        return Ok(Self::hit(entry, value, now, stale));
-                    }
+                if !force && let Some(value) = entry.data(&guard) {
+                    // Filled by another reader since we looked.
+                    let stale = entry.is_stale(now);
+                    return Ok(Self::hit(entry, value, now, stale));
                 }
                 if !counted {
                     entry.action.counters.read(Read::Miss);
@@ -941,10 +940,11 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
                     Err(e) => entry.record_error(&mut w, e.clone(), now),
                     Ok(_) => 0,
                 };
-                if let Some(c) = w.get().and_then(|c| c.flight.as_ref()) {
-                    if c.ptr_eq(&lease.flight) {
-                        w.get_mut().flight = None;
-                    }
+                if w.get()
+                    .and_then(|c| c.flight.as_ref())
+                    .is_some_and(|f| f.ptr_eq(&lease.flight))
+                {
+                    w.get_mut().flight = None;
                 }
                 entry.set_fetching(&w, false);
                 w.tidy();
@@ -975,7 +975,7 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
             },
         };
         info.counters
-            .refreshed(outcome, took, bytes, self.clock.to_wall(now));
+            .refreshed(outcome, took, bytes, self.clock.wall_of(now));
         if lease.retry {
             info.counters.retries.fetch_add(1, Relaxed);
         }
@@ -1126,7 +1126,7 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
                         e.generation == d.generation
                             && e.last_read() == idle_since
                             && !e.is_fetching()
-                            && !e.lock().get().is_some_and(|c| c.observers() > 0)
+                            && e.lock().get().is_none_or(|c| c.observers() == 0)
                     },
                     &guard,
                 );
@@ -1172,7 +1172,7 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
             key: key.clone(),
             resource: self.policy.resource(key.action()).to_owned(),
             data,
-            updated_at: updated.map(|t| self.clock.to_wall(t)),
+            updated_at: updated.map(|t| self.clock.wall_of(t)),
             age: updated.map(|t| now.since(t)),
             staleness: entry.action.staleness,
             is_stale: stale,
@@ -1180,15 +1180,82 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
             status,
             error_count: entry.errors(),
             last_error: last_error.as_ref().map(|e| e.error.clone()),
-            last_error_at: last_error.map(|e| self.clock.to_wall(e.at)),
+            last_error_at: last_error.map(|e| self.clock.wall_of(e.at)),
             observers,
-            last_read: self.clock.to_wall(entry.last_read()),
+            last_read: self.clock.wall_of(entry.last_read()),
             is_active: now.0.saturating_sub(entry.last_read().0)
                 < self.inactive_after.load(Relaxed)
                 || observers > 0,
             version: entry.version(),
-            next_check: (queued != i64::MAX).then(|| self.clock.to_wall(Stamp(queued))),
+            next_check: (queued != i64::MAX).then(|| self.clock.wall_of(Stamp(queued))),
         }
+    }
+
+    /// Restores a persisted entry (hydrate). Returns false, changing
+    /// nothing, when the key already has data in memory.
+    pub(crate) fn restore(
+        &self,
+        key: &QueryKey,
+        value: V,
+        updated: SystemTime,
+        rec: &crate::store::record::Record,
+    ) -> bool {
+        let now = self.clock.now();
+        let guard = self.map.guard();
+        let entry = self.entry_or_create(key, now, &guard);
+        let mut w = entry.lock();
+        if entry.has_data() {
+            return false;
+        }
+        entry.restore(
+            &w,
+            Arc::new(value),
+            self.clock.stamp_of(updated),
+            rec.version,
+            &guard,
+        );
+        let error = rec.last_error.as_ref().map(|e| ErrorRecord {
+            error: FetchError::new(e.kind, e.message.clone()),
+            at: self
+                .clock
+                .stamp_of(crate::store::record::unix(e.at_unix_nanos)),
+            invalidations: entry.invalidations(),
+        });
+        entry.restore_error(&mut w, rec.errors, error);
+        if rec.invalidated {
+            entry.invalidate(&w);
+        }
+        drop(w);
+        self.reschedule_after_update(key, entry, now);
+        true
+    }
+
+    /// What the store should hold for `key`: its value, and its record
+    /// without the payload (the codec adds that). `None` without data.
+    pub(crate) fn record_of(
+        &self,
+        key: &QueryKey,
+    ) -> Option<(Arc<V>, crate::store::record::Record)> {
+        let guard = self.map.guard();
+        let entry = self.map.get(key, &guard)?;
+        let w = entry.lock();
+        let value = entry.data(&guard)?;
+        let last_error = w.get().and_then(|c| c.last_error.as_ref()).map(|e| {
+            crate::store::record::StoredError {
+                kind: e.error.kind(),
+                at_unix_nanos: crate::persist::unix_nanos(self.wall(e.at)),
+                message: e.error.message().to_owned(),
+            }
+        });
+        let rec = crate::store::record::Record {
+            version: entry.version(),
+            updated_at_unix_nanos: crate::persist::unix_nanos(self.wall(entry.updated_at()?)),
+            invalidated: entry.is_invalidated(),
+            errors: entry.errors(),
+            last_error,
+            payload: Vec::new(),
+        };
+        Some((value, rec))
     }
 
     fn changed(&self, key: &QueryKey) {
@@ -1205,6 +1272,6 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
 
     /// The wall-clock time of `t`.
     pub(crate) fn wall(&self, t: Stamp) -> SystemTime {
-        self.clock.to_wall(t)
+        self.clock.wall_of(t)
     }
 }

@@ -82,7 +82,7 @@ impl Config {
     ///
     /// Every problem in the file, each with its position.
     pub fn from_toml(name: &str, text: &str) -> Result<Config, ConfigErrors> {
-        read(name, text, |root| Config::read(root))
+        read(name, text, Config::read)
     }
 
     /// Like [`Config::from_toml`], and also checks every resource name in
@@ -177,8 +177,10 @@ impl Config {
             .filter_map(|(a, r)| r.map(|r| (a, r)))
             .collect();
         let mut policy = Policy::from_parts(base, profiles, resource_of);
-        if let Some(item) = root.item("profile") {
-            if let Some(name) = item.as_str() {
+        if let Some(item) = root.item("profile")
+            && let Some(name) = item.as_str()
+        {
+            {
                 match policy.with_profile(name) {
                     Ok(p) => policy = p,
                     Err(_) => {

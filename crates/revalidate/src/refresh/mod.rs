@@ -151,7 +151,7 @@ impl<V: PartialEq + Send + Sync + 'static> BackgroundRefresh<V> {
     pub fn new(client: &QueryClient<V>, settings: RefreshSettings) -> Result<Self, RefreshError> {
         settings.validate()?;
         let inner = client.inner.clone();
-        if !inner.schedule.enable(settings.jitter) {
+        if !inner.schedule.enable() {
             return Err(RefreshError::AlreadyRunning);
         }
         let settings = Arc::new(settings);
@@ -265,12 +265,11 @@ impl RefreshHandle {
     /// it was before them.
     pub async fn shutdown(mut self) {
         self.controller.stop();
-        if let Some(task) = self.task.take() {
-            if let Err(e) = task.await {
-                if e.is_panic() {
-                    std::panic::resume_unwind(e.into_panic());
-                }
-            }
+        if let Some(task) = self.task.take()
+            && let Err(e) = task.await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
         }
     }
 
@@ -388,7 +387,7 @@ impl<V: PartialEq + Send + Sync + 'static> Service<V> {
         if let Some(last) = self.last_check {
             at = at.max(last.add(window));
         }
-        Some(self.inner.clock.to_instant(at))
+        Some(self.inner.clock.instant_of(at))
     }
 
     /// One staleness check: what is due goes into the queue.
@@ -479,5 +478,50 @@ impl<V: PartialEq + Send + Sync + 'static> Service<V> {
         // Dropping a job releases its flights; entries keep their last state.
         self.running = FuturesUnordered::new();
         decision!("🛑 background refresh stopped ({waiting} queued refreshes dropped)");
+    }
+}
+
+/// Hooks for the benchmarks: not part of the API, may change at any time.
+#[doc(hidden)]
+pub mod bench {
+    use super::*;
+
+    /// Runs the staleness monitor's check by hand.
+    #[allow(missing_debug_implementations)]
+    pub struct Checker<V: PartialEq + Send + Sync + 'static> {
+        service: BackgroundRefresh<V>,
+        monitor: Monitor<V>,
+        work: Vec<Work>,
+    }
+
+    impl<V: PartialEq + Send + Sync + 'static> Checker<V> {
+        /// Attaches a (never started) service to `client`, seeding the schedule.
+        pub fn new(
+            client: &QueryClient<V>,
+            settings: RefreshSettings,
+        ) -> Result<Self, RefreshError> {
+            let service = BackgroundRefresh::new(client, settings)?;
+            let monitor = Monitor::new(service.inner.clone(), service.settings.clone());
+            Ok(Self {
+                service,
+                monitor,
+                work: Vec::new(),
+            })
+        }
+
+        /// One check now, as the service does it; returns how many queries are due.
+        pub fn check(&mut self) -> usize {
+            let inner = &self.service.inner;
+            let now = inner.clock.now();
+            let horizon = now.add(self.service.settings.check_interval / 2);
+            self.work.clear();
+            self.monitor.check(now, horizon, true, &mut self.work);
+            self.work.len()
+        }
+
+        /// Deadlines in the schedule.
+        pub fn scheduled(&self) -> usize {
+            self.service.inner.schedule.len()
+        }
     }
 }

@@ -112,8 +112,10 @@ mod tests {
 
     #[test]
     fn retry_delays_double_and_stop() {
-        let mut s = RefreshSettings::default();
-        s.jitter = 0.0;
+        let mut s = RefreshSettings {
+            jitter: 0.0,
+            ..RefreshSettings::default()
+        };
         let e = FetchError::failed("500");
         let delays: Vec<_> = (1..=4).map(|a| retry_delay(&s, a, &e, &key())).collect();
         let m = |n: u64| Some(Duration::from_secs(60 * n));

@@ -1,0 +1,238 @@
+//! The layout of a persisted entry, shared by every store.
+//!
+//! Key: the key's text (action, NUL, canonical params). Value, little-endian:
+//!
+//! | field | bytes |
+//! |---|---|
+//! | format (1) | 1 |
+//! | flags (bit 0: invalidated, bit 1: has error) | 1 |
+//! | data version | 8 |
+//! | updated_at, Unix nanoseconds | 8 |
+//! | consecutive errors | 4 |
+//! | if has error: kind, at (Unix ns), message length, message | 1 + 8 + 4 + n |
+//! | payload (the codec's bytes) | the rest |
+//!
+//! A record that does not parse is dropped at hydrate, never trusted.
+
+use crate::fetch::FetchErrorKind;
+use crate::key::QueryKey;
+
+const FORMAT: u8 = 1;
+const INVALIDATED: u8 = 1;
+const HAS_ERROR: u8 = 2;
+
+/// A failure, as persisted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredError {
+    pub(crate) kind: FetchErrorKind,
+    pub(crate) at_unix_nanos: i64,
+    pub(crate) message: String,
+}
+
+/// One persisted entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Record {
+    pub(crate) version: u64,
+    pub(crate) updated_at_unix_nanos: i64,
+    pub(crate) invalidated: bool,
+    pub(crate) errors: u32,
+    pub(crate) last_error: Option<StoredError>,
+    pub(crate) payload: Vec<u8>,
+}
+
+/// Why a record or key could not be read back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RecordError {
+    #[error("record format {0} is not known (this version reads format {FORMAT})")]
+    Format(u8),
+    #[error("record is truncated")]
+    Truncated,
+    #[error("record key is not a query key: {0}")]
+    Key(String),
+}
+
+fn kind_code(kind: FetchErrorKind) -> u8 {
+    match kind {
+        FetchErrorKind::Network => 0,
+        FetchErrorKind::Timeout => 1,
+        FetchErrorKind::Rejected => 2,
+        FetchErrorKind::Failed => 3,
+        FetchErrorKind::BadData => 4,
+        FetchErrorKind::Offline => 5,
+    }
+}
+
+fn kind_of(code: u8) -> FetchErrorKind {
+    match code {
+        0 => FetchErrorKind::Network,
+        1 => FetchErrorKind::Timeout,
+        2 => FetchErrorKind::Rejected,
+        4 => FetchErrorKind::BadData,
+        5 => FetchErrorKind::Offline,
+        _ => FetchErrorKind::Failed,
+    }
+}
+
+impl Record {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let error_len = self.last_error.as_ref().map_or(0, |e| 13 + e.message.len());
+        let mut out = Vec::with_capacity(22 + error_len + self.payload.len());
+        out.push(FORMAT);
+        let mut flags = 0;
+        if self.invalidated {
+            flags |= INVALIDATED;
+        }
+        if self.last_error.is_some() {
+            flags |= HAS_ERROR;
+        }
+        out.push(flags);
+        out.extend_from_slice(&self.version.to_le_bytes());
+        out.extend_from_slice(&self.updated_at_unix_nanos.to_le_bytes());
+        out.extend_from_slice(&self.errors.to_le_bytes());
+        if let Some(e) = &self.last_error {
+            out.push(kind_code(e.kind));
+            out.extend_from_slice(&e.at_unix_nanos.to_le_bytes());
+            let len = u32::try_from(e.message.len()).unwrap_or(u32::MAX);
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(&e.message.as_bytes()[..len as usize]);
+        }
+        out.extend_from_slice(&self.payload);
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
+        let mut r = Reader(bytes);
+        let format = r.u8()?;
+        if format != FORMAT {
+            return Err(RecordError::Format(format));
+        }
+        let flags = r.u8()?;
+        let version = u64::from_le_bytes(r.array()?);
+        let updated_at_unix_nanos = i64::from_le_bytes(r.array()?);
+        let errors = u32::from_le_bytes(r.array()?);
+        let last_error = if flags & HAS_ERROR != 0 {
+            let kind = kind_of(r.u8()?);
+            let at_unix_nanos = i64::from_le_bytes(r.array()?);
+            let len = u32::from_le_bytes(r.array()?) as usize;
+            let message = String::from_utf8_lossy(r.take(len)?).into_owned();
+            Some(StoredError {
+                kind,
+                at_unix_nanos,
+                message,
+            })
+        } else {
+            None
+        };
+        Ok(Record {
+            version,
+            updated_at_unix_nanos,
+            invalidated: flags & INVALIDATED != 0,
+            errors,
+            last_error,
+            payload: r.0.to_vec(),
+        })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
+        if self.0.len() < n {
+            return Err(RecordError::Truncated);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, RecordError> {
+        Ok(self.take(1)?[0])
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], RecordError> {
+        Ok(self.take(N)?.try_into().expect("took N bytes"))
+    }
+}
+
+/// The time of Unix nanoseconds.
+pub(crate) fn unix(nanos: i64) -> std::time::SystemTime {
+    std::time::SystemTime::UNIX_EPOCH
+        + std::time::Duration::from_nanos(u64::try_from(nanos).unwrap_or(0))
+}
+
+/// The store key of a query key.
+pub(crate) fn key_bytes(key: &QueryKey) -> Vec<u8> {
+    key.text().as_bytes().to_vec()
+}
+
+/// The query key of a store key. The parameters are parsed and made
+/// canonical again, so a record written by another version still matches.
+pub(crate) fn key_of(bytes: &[u8]) -> Result<QueryKey, RecordError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| RecordError::Key(e.to_string()))?;
+    match text.split_once('\0') {
+        None => Ok(QueryKey::bare(text)),
+        Some((action, params)) => {
+            let params: serde_json::Value =
+                serde_json::from_str(params).map_err(|e| RecordError::Key(e.to_string()))?;
+            Ok(QueryKey::new(action, params))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Record {
+        Record {
+            version: 7,
+            updated_at_unix_nanos: 1_764_370_000_000_000_000,
+            invalidated: true,
+            errors: 2,
+            last_error: Some(StoredError {
+                kind: FetchErrorKind::Timeout,
+                at_unix_nanos: 1_764_370_001_000_000_000,
+                message: "no answer within 30s".into(),
+            }),
+            payload: br#"{"rows":[1,2,3]}"#.to_vec(),
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let r = sample();
+        assert_eq!(Record::decode(&r.encode()).unwrap(), r);
+        let plain = Record {
+            last_error: None,
+            invalidated: false,
+            errors: 0,
+            ..sample()
+        };
+        assert_eq!(Record::decode(&plain.encode()).unwrap(), plain);
+    }
+
+    #[test]
+    fn damaged_records_are_errors_not_panics() {
+        let bytes = sample().encode();
+        for cut in 0..30 {
+            assert!(Record::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut future = bytes.clone();
+        future[0] = 9;
+        assert_eq!(Record::decode(&future), Err(RecordError::Format(9)));
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        for key in [
+            QueryKey::bare("system_health"),
+            QueryKey::new(
+                "process.list",
+                serde_json::json!({"status": "active", "page": 2}),
+            ),
+        ] {
+            assert_eq!(key_of(&key_bytes(&key)).unwrap(), key);
+        }
+        assert!(key_of(b"a\0{not json").is_err());
+        assert!(key_of(&[0xff, 0xfe]).is_err());
+    }
+}

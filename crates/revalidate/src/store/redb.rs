@@ -1,0 +1,276 @@
+//! `RedbStore`: the embedded on-disk store.
+//!
+//! redb is pure Rust, ACID, with checksummed commits and a stable file
+//! format: a commit is either wholly on disk or not at all, so a process
+//! killed at any moment leaves a file that opens with the last committed
+//! batch. Each batch is one write transaction with immediate durability.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{
+    Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata, StorageError,
+    TableDefinition,
+};
+
+use super::{Batch, KeyValue, Store, StoreError, StoreErrorKind};
+
+const ENTRIES: TableDefinition<'static, &[u8], &[u8]> = TableDefinition::new("entries");
+const META: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("meta");
+
+/// A store in one redb file.
+///
+/// ```no_run
+/// use revalidate::RedbStore;
+///
+/// match RedbStore::open("cache.redb") {
+///     Ok(store) => { /* hand it to Persistence */ }
+///     Err(e) if e.is_locked() => eprintln!("another process uses the cache: {e}"),
+///     Err(e) => eprintln!("starting without a persisted cache: {e}"),
+/// }
+/// ```
+#[derive(Clone)]
+pub struct RedbStore {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedbStore {
+    /// Opens the store at `path`, creating it if needed. A file left by a
+    /// process that was killed is repaired on open.
+    ///
+    /// # Errors
+    ///
+    /// A typed error naming the path: locked by another process, permission
+    /// denied, corrupt, or another I/O failure. The application decides
+    /// whether to stop or to run with a memory-only cache.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref();
+        let db = Database::create(path).map_err(|e| open_error(path, e))?;
+        let store = Self {
+            db: Arc::new(db),
+            path: path.to_owned(),
+        };
+        // Create the tables up front so that readers never see them missing.
+        let txn = store.db.begin_write().map_err(|e| store.io(e))?;
+        txn.open_table(ENTRIES).map_err(|e| store.io(e))?;
+        txn.open_table(META).map_err(|e| store.io(e))?;
+        txn.commit().map_err(|e| store.io(e))?;
+        Ok(store)
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn io(&self, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+        io_error(&self.path, e)
+    }
+
+    fn apply_blocking(&self, batch: Batch) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.io(e))?;
+        {
+            let mut entries = txn.open_table(ENTRIES).map_err(|e| self.io(e))?;
+            if batch.clear {
+                entries.retain(|_, _| false).map_err(|e| self.io(e))?;
+            }
+            for (k, v) in &batch.puts {
+                entries
+                    .insert(k.as_slice(), v.as_slice())
+                    .map_err(|e| self.io(e))?;
+            }
+            for k in &batch.deletes {
+                entries.remove(k.as_slice()).map_err(|e| self.io(e))?;
+            }
+            let mut meta = txn.open_table(META).map_err(|e| self.io(e))?;
+            for (name, value) in &batch.meta {
+                meta.insert(name.as_str(), value.as_slice())
+                    .map_err(|e| self.io(e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.io(e))
+    }
+
+    fn scan_blocking(&self) -> Result<Vec<KeyValue>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        let table = txn.open_table(ENTRIES).map_err(|e| self.io(e))?;
+        let mut out = Vec::with_capacity(table.len().map_err(|e| self.io(e))? as usize);
+        for row in table.iter().map_err(|e| self.io(e))? {
+            let (k, v) = row.map_err(|e| self.io(e))?;
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn meta_blocking(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        let table = txn.open_table(META).map_err(|e| self.io(e))?;
+        Ok(table
+            .get(name)
+            .map_err(|e| self.io(e))?
+            .map(|v| v.value().to_vec()))
+    }
+}
+
+impl Store for RedbStore {
+    async fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        let store = self.clone();
+        crate::rt::spawn_blocking(move || store.apply_blocking(batch)).await
+    }
+
+    async fn scan(&self) -> Result<Vec<KeyValue>, StoreError> {
+        let store = self.clone();
+        crate::rt::spawn_blocking(move || store.scan_blocking()).await
+    }
+
+    async fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let store = self.clone();
+        let name = name.to_owned();
+        crate::rt::spawn_blocking(move || store.meta_blocking(&name)).await
+    }
+}
+
+fn open_error(path: &Path, e: DatabaseError) -> StoreError {
+    match e {
+        DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
+            StoreError::new(
+                StoreErrorKind::Locked,
+                Some(path),
+                "another process has it open; stop it, or give this one another path",
+            )
+            .with_source(e)
+        }
+        DatabaseError::Storage(StorageError::Corrupted(msg)) => StoreError::new(
+            StoreErrorKind::Corrupt,
+            Some(path),
+            format!("{msg}; move the file away to start with an empty cache"),
+        ),
+        DatabaseError::UpgradeRequired(v) => StoreError::new(
+            StoreErrorKind::Corrupt,
+            Some(path),
+            format!(
+                "written in redb file format {v}, which this version does not read; move it away"
+            ),
+        ),
+        DatabaseError::Storage(StorageError::Io(io)) => io_error(path, io),
+        other => {
+            StoreError::new(StoreErrorKind::Io, Some(path), other.to_string()).with_source(other)
+        }
+    }
+}
+
+fn io_error(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    let text = e.to_string();
+    let kind = match find_io(&e).map(std::io::Error::kind) {
+        Some(std::io::ErrorKind::PermissionDenied) => StoreErrorKind::PermissionDenied,
+        _ if text.contains("orrupt") => StoreErrorKind::Corrupt,
+        _ => StoreErrorKind::Io,
+    };
+    StoreError::new(kind, Some(path), text).with_source(e)
+}
+
+/// The `io::Error` at the root of `e`, if there is one.
+fn find_io<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(puts: &[(&str, &str)], deletes: &[&str]) -> Batch {
+        Batch {
+            puts: puts
+                .iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect(),
+            deletes: deletes.iter().map(|k| k.as_bytes().to_vec()).collect(),
+            ..Batch::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.redb");
+        let store = RedbStore::open(&path).unwrap();
+        store
+            .apply(batch(&[("a", "1"), ("b", "2")], &[]))
+            .await
+            .unwrap();
+        store.apply(batch(&[("c", "3")], &["a"])).await.unwrap();
+        let mut meta = Batch::default();
+        meta.meta.push(("buster".into(), b"v1".to_vec()));
+        store.apply(meta).await.unwrap();
+        drop(store);
+        let store = RedbStore::open(&path).unwrap();
+        let rows = store.scan().await.unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                (b"b".to_vec(), b"2".to_vec()),
+                (b"c".to_vec(), b"3".to_vec())
+            ]
+        );
+        assert_eq!(store.meta("buster").await.unwrap(), Some(b"v1".to_vec()));
+        let clear = Batch {
+            clear: true,
+            ..Batch::default()
+        };
+        store.apply(clear).await.unwrap();
+        assert!(store.scan().await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_second_opener_is_told_the_store_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.redb");
+        let _first = RedbStore::open(&path).unwrap();
+        let err = RedbStore::open(&path).unwrap_err();
+        assert!(err.is_locked(), "{err}");
+        assert_eq!(err.path(), Some(path.as_path()));
+        assert!(
+            err.to_string()
+                .starts_with("store is locked by another process `"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn garbage_is_reported_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.redb");
+        std::fs::write(&path, vec![0x42; 8192]).unwrap();
+        let err = RedbStore::open(&path).unwrap_err();
+        assert!(
+            err.is_corrupt() || err.kind() == StoreErrorKind::Io,
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(&path.display().to_string()));
+    }
+
+    #[test]
+    fn a_missing_directory_is_an_io_error_naming_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing-dir").join("cache.redb");
+        let err = RedbStore::open(&path).unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::Io, "{err:?}");
+        assert!(err.to_string().contains("missing-dir"), "{err}");
+    }
+}

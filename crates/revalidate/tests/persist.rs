@@ -1,0 +1,377 @@
+//! Persistence: restarts restore values, ages, errors and versions; the
+//! write-behind batches; max_age, buster and undecodable entries; removal.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use revalidate::store::{Batch, Codec, CodecError, Store, StoreError, StoreErrorKind};
+use revalidate::{
+    BackgroundRefresh, FetchError, MemoryStore, Persistence, Policy, QueryClient, QueryKey,
+    RedbStore, RefreshSettings, Staleness,
+};
+use serde_json::{Value, json};
+use support::{Fake, Step, key};
+use tokio::time::{advance, sleep};
+
+fn policy() -> Policy {
+    Policy::builder()
+        .resource("process", Staleness::mins(5))
+        .resource("notification", Staleness::secs(30))
+        .build()
+        .unwrap()
+}
+
+fn client(fake: &Fake) -> QueryClient<Value> {
+    QueryClient::builder(fake.clone()).policy(policy()).build()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_restores_values_ages_errors_and_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.redb");
+    let fake = Fake::new();
+    let a = key("process.list", json!({ "status": "active" }));
+    let b = key("notification.list", Value::Null);
+    {
+        let c = client(&fake);
+        let (persist, report) = Persistence::new(RedbStore::open(&path).unwrap())
+            .start(&c)
+            .await
+            .unwrap();
+        assert_eq!(report.restored, 0);
+        c.get(&a).await.unwrap();
+        c.set_data(&a, json!({ "rows": ["v2"] }));
+        c.get(&b).await.unwrap();
+        advance(Duration::from_secs(40)).await;
+        fake.script(&b, [Step::Err(FetchError::failed("502 Bad Gateway"))]);
+        assert!(c.refetch(&b).await.is_err());
+        persist.shutdown().await.unwrap();
+    }
+    advance(Duration::from_secs(60)).await;
+
+    let fake2 = Fake::new();
+    let c = client(&fake2);
+    let (_persist, report) = Persistence::new(RedbStore::open(&path).unwrap())
+        .start(&c)
+        .await
+        .unwrap();
+    assert_eq!(report.restored, 2);
+    let sa = c.state(&a).unwrap();
+    assert_eq!(*sa.data.unwrap(), json!({ "rows": ["v2"] }));
+    assert_eq!(sa.version, 2);
+    // Ages come from the stored wall-clock time: 40 s + 10 ms of the failed fetch + 60 s.
+    let age = sa.age.unwrap();
+    assert!(
+        (Duration::from_secs(100)..Duration::from_millis(100_100)).contains(&age),
+        "{age:?}"
+    );
+    let sb = c.state(&b).unwrap();
+    assert_eq!(sb.error_count, 1);
+    assert_eq!(sb.last_error.unwrap().message(), "502 Bad Gateway");
+    assert!(sb.is_stale, "30 s limit, 110 s old");
+    // A read after the restart is served from the store, not the fetcher.
+    c.get(&a).await.unwrap();
+    c.get(&b).await.unwrap();
+    assert_eq!(fake2.calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reads_after_a_restart_work_offline() {
+    let store = Arc::new(MemoryStore::new());
+    let k = key("process.list", Value::Null);
+    {
+        let fake = Fake::new();
+        let c = client(&fake);
+        let (persist, _) = Persistence::new(store.clone()).start(&c).await.unwrap();
+        c.get(&k).await.unwrap();
+        persist.shutdown().await.unwrap();
+    }
+    let fake = Fake::new();
+    let c = client(&fake);
+    c.network().set_online(false);
+    Persistence::new(store.clone()).hydrate(&c).await.unwrap();
+    assert_eq!(c.get(&k).await.unwrap()["n"], 1);
+    assert!(
+        c.get(&key("process.other", Value::Null))
+            .await
+            .unwrap_err()
+            .is_offline()
+    );
+    assert_eq!(fake.calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_restart_stale_queries_refresh_oldest_first_and_fresh_ones_do_not() {
+    let store = Arc::new(MemoryStore::new());
+    let old = key("notification.list", json!({ "p": "old" }));
+    let older = key("notification.list", json!({ "p": "older" }));
+    let fresh = key("process.list", Value::Null);
+    {
+        let fake = Fake::new();
+        let c = client(&fake);
+        let (persist, _) = Persistence::new(store.clone()).start(&c).await.unwrap();
+        c.get(&older).await.unwrap();
+        advance(Duration::from_secs(20)).await;
+        c.get(&old).await.unwrap();
+        c.get(&fresh).await.unwrap();
+        persist.shutdown().await.unwrap();
+    }
+    advance(Duration::from_secs(60)).await;
+    let fake = Fake::new();
+    let c = client(&fake);
+    Persistence::new(store.clone()).hydrate(&c).await.unwrap();
+    let mut settings = RefreshSettings::default();
+    settings.jitter = 0.0;
+    let refresh = BackgroundRefresh::new(&c, settings).unwrap().start();
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        fake.call_keys(),
+        vec![older.clone(), old.clone()],
+        "stale ones first, the oldest first"
+    );
+    assert_eq!(
+        fake.calls_for(&fresh),
+        0,
+        "fresh (5 min limit, 60 s old): not refetched"
+    );
+    refresh.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn many_updates_in_one_flush_window_are_one_transaction() {
+    let store = Arc::new(MemoryStore::new());
+    let fake = Fake::new();
+    let c = client(&fake);
+    let (persist, _) = Persistence::new(store.clone())
+        .flush_every(Duration::from_secs(1))
+        .start(&c)
+        .await
+        .unwrap();
+    sleep(Duration::from_millis(1500)).await;
+    let before = store.batches();
+    for i in 0..500 {
+        c.set_data(
+            &key("process.list", json!({ "i": i % 50 })),
+            json!({ "v": i }),
+        );
+    }
+    assert_eq!(store.batches(), before, "nothing written on the write path");
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        store.batches(),
+        before + 1,
+        "one transaction for the window"
+    );
+    assert_eq!(store.len(), 50);
+    let stats = persist.stats();
+    assert_eq!((stats.written, stats.pending), (50, 0));
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        store.batches(),
+        before + 1,
+        "nothing dirty: nothing written"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_flushes_what_is_pending() {
+    let store = Arc::new(MemoryStore::new());
+    let fake = Fake::new();
+    let c = client(&fake);
+    let (persist, _) = Persistence::new(store.clone())
+        .flush_every(Duration::from_secs(3600))
+        .start(&c)
+        .await
+        .unwrap();
+    c.set_data(&key("process.list", Value::Null), json!(1));
+    c.set_data(&key("process.get", Value::Null), json!(2));
+    assert!(store.is_empty());
+    assert_eq!(persist.stats().pending, 2);
+    persist.shutdown().await.unwrap();
+    assert_eq!(store.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_age_drops_old_entries_and_a_new_buster_drops_everything() {
+    let store = Arc::new(MemoryStore::new());
+    let fake = Fake::new();
+    {
+        let c = client(&fake);
+        let (persist, _) = Persistence::new(store.clone())
+            .buster("v1")
+            .start(&c)
+            .await
+            .unwrap();
+        c.set_data(&key("process.list", json!({ "age": "old" })), json!(1));
+        persist.flush().await.unwrap();
+        advance(Duration::from_secs(23 * 3600)).await;
+        c.set_data(&key("process.list", json!({ "age": "recent" })), json!(2));
+        persist.shutdown().await.unwrap();
+    }
+    advance(Duration::from_secs(2 * 3600)).await;
+    let c = client(&fake);
+    let report = Persistence::new(store.clone())
+        .buster("v1")
+        .hydrate(&c)
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.restored, report.expired),
+        (1, 1),
+        "older than 24 h: dropped"
+    );
+    assert!(
+        c.state(&key("process.list", json!({ "age": "recent" })))
+            .is_some()
+    );
+    assert_eq!(store.len(), 1, "expired entries are pruned from the store");
+
+    let c = client(&fake);
+    let report = Persistence::new(store.clone())
+        .buster("v2")
+        .hydrate(&c)
+        .await
+        .unwrap();
+    assert!(report.busted);
+    assert_eq!(report.restored, 0);
+    assert!(store.is_empty());
+    let report = Persistence::new(store.clone())
+        .buster("v2")
+        .hydrate(&c)
+        .await
+        .unwrap();
+    assert!(!report.busted, "the new buster is remembered");
+}
+
+/// Decodes only objects: anything else "was written by an older version".
+struct ObjectsOnly;
+
+impl Codec<Value> for ObjectsOnly {
+    fn encode(&self, _key: &QueryKey, value: &Value) -> Result<Vec<u8>, CodecError> {
+        serde_json::to_vec(value).map_err(CodecError::from_source)
+    }
+    fn decode(&self, _key: &QueryKey, bytes: &[u8]) -> Result<Value, CodecError> {
+        let v: Value = serde_json::from_slice(bytes).map_err(CodecError::from_source)?;
+        if v.is_object() {
+            Ok(v)
+        } else {
+            Err(CodecError::new("not an object"))
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn undecodable_entries_are_dropped_counted_and_never_crash() {
+    let store = Arc::new(MemoryStore::new());
+    let fake = Fake::new();
+    {
+        let c = client(&fake);
+        let (persist, _) = Persistence::new(store.clone()).start(&c).await.unwrap();
+        c.set_data(
+            &key("process.list", json!({ "ok": 1 })),
+            json!({ "rows": [] }),
+        );
+        c.set_data(&key("process.list", json!({ "ok": 2 })), json!([1, 2, 3]));
+        persist.shutdown().await.unwrap();
+    }
+    // Garbage from elsewhere: a record that is not one, a key that is not one.
+    let mut garbage = Batch::default();
+    garbage
+        .puts
+        .push((b"process.list\0{\"x\":1}".to_vec(), b"\x07garbage".to_vec()));
+    garbage.puts.push((vec![0xff, 0xfe], b"\x01".to_vec()));
+    store.apply(garbage).await.unwrap();
+
+    let c = client(&fake);
+    let report = Persistence::new(store.clone())
+        .codec(ObjectsOnly)
+        .hydrate(&c)
+        .await
+        .unwrap();
+    assert_eq!(report.restored, 1);
+    assert_eq!(report.undecodable, 3);
+    assert_eq!(store.len(), 1, "undecodable entries are pruned");
+    assert_eq!(c.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn remove_deletes_the_persisted_entry_and_gc_keeps_it() {
+    let store = Arc::new(MemoryStore::new());
+    let fake = Fake::new();
+    let c = QueryClient::builder(fake.clone())
+        .policy(policy())
+        .gc_time(Duration::from_secs(60))
+        .build();
+    let (persist, _) = Persistence::new(store.clone()).start(&c).await.unwrap();
+    let removed = key("process.list", json!({ "k": "removed" }));
+    let collected = key("process.list", json!({ "k": "collected" }));
+    c.get(&removed).await.unwrap();
+    c.get(&collected).await.unwrap();
+    persist.flush().await.unwrap();
+    assert_eq!(store.len(), 2);
+    c.remove(&removed);
+    advance(Duration::from_secs(61)).await;
+    assert_eq!(c.collect_garbage(), 1);
+    persist.flush().await.unwrap();
+    assert_eq!(
+        store.len(),
+        1,
+        "gone from memory, kept in the store until max_age"
+    );
+    let c2 = client(&fake);
+    Persistence::new(store.clone()).hydrate(&c2).await.unwrap();
+    assert!(c2.state(&collected).is_some());
+    assert!(c2.state(&removed).is_none());
+}
+
+/// A store that fails while `down` is set.
+#[derive(Default)]
+struct Flaky {
+    inner: MemoryStore,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl Store for Flaky {
+    async fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::new(StoreErrorKind::Io, None, "disk full"));
+        }
+        self.inner.apply(batch).await
+    }
+    async fn scan(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.inner.scan().await
+    }
+    async fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.meta(name).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_flush_keeps_the_changes_for_the_next_one() {
+    let store = Arc::new(Flaky::default());
+    let fake = Fake::new();
+    let c = client(&fake);
+    let (persist, _) = Persistence::new(store.clone()).start(&c).await.unwrap();
+    store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    c.set_data(&key("process.list", Value::Null), json!(1));
+    assert!(persist.flush().await.is_err());
+    assert_eq!(persist.stats().pending, 1);
+    assert!(persist.stats().failed_flushes >= 1);
+    store.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(persist.flush().await.unwrap(), 1);
+    assert_eq!(store.inner.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_is_persisted_once() {
+    let fake = Fake::new();
+    let c = client(&fake);
+    let (_persist, _) = Persistence::new(MemoryStore::new())
+        .start(&c)
+        .await
+        .unwrap();
+    let again = Persistence::new(MemoryStore::new()).start(&c).await;
+    assert!(again.unwrap_err().to_string().contains("already persisted"));
+}
