@@ -84,8 +84,8 @@ pub mod store;
 mod suggest;
 
 pub use client::{
-    DEFAULT_GC_TIME, FetchStatus, Freshness, Hit, QueryClient, QueryClientBuilder, QueryFilter,
-    QueryState, Subscription,
+    Change, DEFAULT_GC_TIME, FetchStatus, Freshness, Hit, QueryClient, QueryClientBuilder,
+    QueryFilter, QueryState, Subscription,
 };
 pub use config::Config;
 pub use fetch::{

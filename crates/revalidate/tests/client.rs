@@ -471,3 +471,29 @@ async fn query_state_reports_what_a_dashboard_needs() {
     assert_eq!(stats.active_queries, 0);
     assert_eq!(stats.bytes_fetched, 100);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_change_feed_announces_every_real_change_of_any_query() {
+    let fake = Fake::new();
+    let c = client(&fake);
+    let mut changes = c.changes();
+    let a = key("process.list", json!({"a": 1}));
+    let b = key("node.tree", Value::Null);
+    c.get(&a).await.unwrap();
+    c.set_data(&b, json!(1));
+    c.set_data(&b, json!(1)); // equal: nothing
+    fake.script(&a, [Step::Ok(json!({"key": a.to_string(), "n": 1}))]);
+    c.refetch(&a).await.unwrap(); // equal data again: nothing
+    c.set_data(&a, json!("changed"));
+    let got: Vec<(String, u64)> = (0..3)
+        .map(|_| {
+            let ch = changes.try_recv().unwrap();
+            (ch.key.to_string(), ch.version)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![(a.to_string(), 1), (b.to_string(), 1), (a.to_string(), 2)]
+    );
+    assert!(changes.try_recv().is_err(), "nothing more");
+}

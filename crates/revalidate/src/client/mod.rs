@@ -40,6 +40,10 @@ use crate::settings::RefreshSettings;
 use crate::stats::{CacheStats, Outcome, Read, ResourceCounters, Stats};
 use limiter::Limiter;
 
+/// Changes a [`QueryClient::changes`] listener may fall behind by before it
+/// is told it lagged.
+const CHANGES_CAPACITY: usize = 4096;
+
 /// The default time an unused query stays cached: five minutes, as
 /// TanStack Query's `gcTime`.
 pub const DEFAULT_GC_TIME: Duration = Duration::from_secs(300);
@@ -107,6 +111,19 @@ pub(crate) struct Inner<V> {
     /// The attached refresh service's settings; `None` when none is attached.
     pub(crate) refresh: ArcSwapOption<RefreshSettings>,
     pub(crate) hooks: std::sync::OnceLock<Arc<dyn ChangeHook<V>>>,
+    changes: tokio::sync::broadcast::Sender<Change>,
+}
+
+/// A change of one query's data, as seen by [`QueryClient::changes`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Change {
+    /// The query.
+    pub key: QueryKey,
+    /// Its new data version.
+    pub version: u64,
+    /// When the new data was stored.
+    pub updated_at: SystemTime,
 }
 
 /// Told about every change of a cached entry (the store's write-behind).
@@ -213,6 +230,7 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClientBuilder<V> {
                 schedule: RefreshSchedule::new(),
                 refresh: ArcSwapOption::empty(),
                 hooks: std::sync::OnceLock::new(),
+                changes: tokio::sync::broadcast::Sender::new(CHANGES_CAPACITY),
             }),
         }
     }
@@ -402,6 +420,7 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClient<V> {
         inner.reschedule_after_update(key, entry, now);
         if changed {
             inner.changed(key);
+            inner.announce(key, entry);
         }
         cached.expect("a value was stored")
     }
@@ -435,6 +454,14 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClient<V> {
             entry.data(&guard),
             rx,
         )
+    }
+
+    /// Every change of any query's data, as it happens: one [`Change`] per
+    /// new value (a refresh that returns equal data announces nothing). A
+    /// listener that falls more than 4096 changes behind receives
+    /// `RecvError::Lagged` and should resynchronise from [`queries`](Self::queries).
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.inner.changes.subscribe()
     }
 
     /// Marks the matching queries stale. The refresh service refreshes the
@@ -905,6 +932,7 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
         );
         let bytes = result.as_ref().map_or(0, Fetched::bytes);
         let not_modified = matches!(&result, Ok(f) if f.value.is_none());
+        let mut changed = false;
         let result: FlightResult<V> = match entry {
             Some(entry) => {
                 let mut w = entry.lock();
@@ -926,8 +954,9 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
                         // predate the change behind it: store it, but keep
                         // the entry stale so that it is fetched again.
                         let validated = entry.invalidations() == lease.invalidations;
-                        let (cached, _) =
+                        let (cached, did_change) =
                             entry.store(&mut w, fetched.value, now, validated, &guard);
+                        changed = did_change;
                         entry.record_success(&mut w);
                         Ok(Hit::fetched(
                             cached.expect("checked above"),
@@ -988,8 +1017,11 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
             Ok(_) => self.network.record_reachable(),
             Err(_) => {}
         }
-        if entry.is_some() {
+        if let Some(entry) = entry {
             self.changed(&lease.key);
+            if changed {
+                self.announce(&lease.key, entry);
+            }
         }
         if let Some(tx) = lease.tx.take() {
             let _ = tx.send(result.clone());
@@ -1256,6 +1288,19 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
             payload: Vec::new(),
         };
         Some((value, rec))
+    }
+
+    /// Tells [`QueryClient::changes`] listeners that `key`'s data changed.
+    fn announce(&self, key: &QueryKey, entry: &Entry<V>) {
+        if self.changes.receiver_count() > 0 {
+            let _ = self.changes.send(Change {
+                key: key.clone(),
+                version: entry.version(),
+                updated_at: entry
+                    .updated_at()
+                    .map_or_else(crate::rt::wall_now, |t| self.wall(t)),
+            });
+        }
     }
 
     fn changed(&self, key: &QueryKey) {

@@ -1,0 +1,194 @@
+//! The change log behind `GET /v1/events`: one numbered event per change of
+//! a query's data, kept in a bounded ring so that a client reconnecting
+//! with `Last-Event-ID` gets what it missed, or a full snapshot when the gap
+//! is older than the ring.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use revalidate::{Change, QueryClient};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use crate::upstream::Payload;
+
+/// A change, as sent to SSE clients.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ChangeEvent {
+    pub(crate) key: String,
+    pub(crate) action: String,
+    pub(crate) params: Value,
+    /// Unix milliseconds.
+    pub(crate) updated_at: u64,
+    pub(crate) version: u64,
+}
+
+impl ChangeEvent {
+    pub(crate) fn of(change: &Change) -> Self {
+        Self {
+            key: change.key.to_string(),
+            action: change.key.action().to_owned(),
+            params: change.key.params(),
+            updated_at: unix_ms(change.updated_at),
+            version: change.version,
+        }
+    }
+}
+
+pub(crate) fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// One entry of the log.
+#[derive(Debug, Clone)]
+pub(crate) enum Logged {
+    Change(ChangeEvent),
+    /// The log itself fell behind the engine: listeners must resynchronise.
+    Resync,
+}
+
+#[derive(Debug)]
+struct Ring {
+    /// The id the next event gets (ids start at 1).
+    next: u64,
+    events: VecDeque<(u64, Arc<Logged>)>,
+    capacity: usize,
+}
+
+/// What a reconnecting client should receive.
+#[derive(Debug)]
+pub(crate) enum Replay {
+    /// Every event after its last one.
+    Events(Vec<(u64, Arc<Logged>)>),
+    /// Its last event is older than the ring: a snapshot, then live events.
+    Snapshot,
+}
+
+/// The numbered change log.
+#[derive(Debug)]
+pub(crate) struct EventLog {
+    ring: Mutex<Ring>,
+    tx: broadcast::Sender<(u64, Arc<Logged>)>,
+}
+
+impl EventLog {
+    /// Starts logging `client`'s changes (the task ends with the runtime).
+    pub(crate) fn start(client: &QueryClient<Payload>, capacity: usize) -> Arc<Self> {
+        let log = Arc::new(Self {
+            ring: Mutex::new(Ring {
+                next: 1,
+                events: VecDeque::with_capacity(capacity.min(4096)),
+                capacity: capacity.max(1),
+            }),
+            tx: broadcast::Sender::new(capacity.clamp(16, 4096)),
+        });
+        let mut changes = client.changes();
+        let weak = Arc::downgrade(&log);
+        tokio::spawn(async move {
+            loop {
+                let logged = match changes.recv().await {
+                    Ok(change) => Logged::Change(ChangeEvent::of(&change)),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(target: "revalidate", "the change log fell {n} changes behind; clients will resynchronise");
+                        Logged::Resync
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(log) = weak.upgrade() else { return };
+                log.push(logged);
+            }
+        });
+        log
+    }
+
+    fn push(&self, logged: Logged) {
+        let mut ring = self.ring.lock();
+        let id = ring.next;
+        ring.next += 1;
+        let entry = (id, Arc::new(logged));
+        if ring.events.len() == ring.capacity {
+            ring.events.pop_front();
+        }
+        ring.events.push_back(entry.clone());
+        // Sent under the lock, so live events follow the ring in id order.
+        let _ = self.tx.send(entry);
+    }
+
+    /// Live events from now on.
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<(u64, Arc<Logged>)> {
+        self.tx.subscribe()
+    }
+
+    /// What a client whose last event was `last` missed.
+    pub(crate) fn since(&self, last: u64) -> Replay {
+        let ring = self.ring.lock();
+        let oldest = ring.events.front().map_or(ring.next, |(id, _)| *id);
+        if last + 1 < oldest || last >= ring.next {
+            // Older than the ring, or an id this log never gave (a restart).
+            return Replay::Snapshot;
+        }
+        Replay::Events(
+            ring.events
+                .iter()
+                .filter(|(id, _)| *id > last)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// The id of the latest event (0 before the first).
+    pub(crate) fn last_id(&self) -> u64 {
+        self.ring.lock().next - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(n: u64) -> Logged {
+        Logged::Change(ChangeEvent {
+            key: format!("k{n}"),
+            action: "a".into(),
+            params: Value::Null,
+            updated_at: n,
+            version: n,
+        })
+    }
+
+    fn log(capacity: usize) -> EventLog {
+        EventLog {
+            ring: Mutex::new(Ring {
+                next: 1,
+                events: VecDeque::new(),
+                capacity,
+            }),
+            tx: broadcast::Sender::new(16),
+        }
+    }
+
+    #[test]
+    fn replays_what_was_missed_or_asks_for_a_snapshot() {
+        let log = log(3);
+        for n in 1..=5 {
+            log.push(change(n));
+        }
+        assert_eq!(log.last_id(), 5);
+        let ids = |r: Replay| match r {
+            Replay::Events(e) => e.into_iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            Replay::Snapshot => vec![0],
+        };
+        assert_eq!(ids(log.since(5)), Vec::<u64>::new());
+        assert_eq!(ids(log.since(3)), vec![4, 5]);
+        assert_eq!(ids(log.since(2)), vec![3, 4, 5], "the oldest kept is 3");
+        assert_eq!(ids(log.since(1)), vec![0], "2 is gone: snapshot");
+        assert_eq!(
+            ids(log.since(99)),
+            vec![0],
+            "an id from another run: snapshot"
+        );
+    }
+}

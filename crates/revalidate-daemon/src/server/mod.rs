@@ -1,0 +1,70 @@
+//! The HTTP API (see `docs/http-api.md`): cache-first reads, change events,
+//! operations, metrics and the dashboard.
+
+mod admin;
+mod live;
+mod resources;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use revalidate::{QueryClient, RefreshController};
+use serde_json::json;
+
+use crate::events::EventLog;
+use crate::upstream::{Payload, Upstream};
+
+/// Everything a handler needs.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) client: QueryClient<Payload>,
+    pub(crate) upstream: Arc<Upstream>,
+    pub(crate) events: Arc<EventLog>,
+    pub(crate) metrics: Option<PrometheusHandle>,
+    pub(crate) refresh: Option<RefreshController>,
+    /// The admin token; `None` disables the admin endpoints.
+    pub(crate) admin_token: Option<String>,
+    /// The environment variable that would hold it (for messages).
+    pub(crate) admin_token_env: Option<String>,
+    pub(crate) max_query_bytes: usize,
+}
+
+/// The daemon's routes.
+pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/", get(admin::dashboard))
+        .route("/healthz", get(admin::healthz))
+        .route("/metrics", get(admin::metrics))
+        .route("/v1/resources/{action}", get(resources::read))
+        .route("/v1/events", get(live::events))
+        .route("/v1/live", get(live::ticks))
+        .route("/v1/invalidate", post(admin::invalidate))
+        .route("/v1/stats", get(admin::stats))
+        .route("/v1/queries", get(admin::queries))
+        .route("/v1/network", get(admin::network))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {}", uri.path()),
+    )
+}
+
+/// A JSON error answer: `{"error": code, "message": …}`, hiding internals.
+pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(json!({ "error": code, "message": message.into() })),
+    )
+        .into_response()
+}

@@ -1,0 +1,414 @@
+//! The upstream fetcher: the seed's `ActionClient` over HTTP.
+//!
+//! Each declared action is called at `base_url` + its path template
+//! (default `/actions/{action}`): `POST` with the parameters as a JSON body,
+//! or `GET` with them as a query string. Only the configured base URL is
+//! ever contacted: parameters go into the body or the query string, never
+//! into the scheme, host or path.
+//!
+//! Answers are classified for the engine: connection failures are network
+//! errors, timeouts and 5xx are retried, 4xx are rejected (429 with its
+//! `Retry-After`), and a body that is not JSON is bad data, never cached. The
+//! stored ETag is sent as `If-None-Match`; a `304` is a successful refresh
+//! that transfers no body.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{
+    CONTENT_TYPE, ETAG, HeaderMap, HeaderName, HeaderValue, IF_NONE_MATCH, RETRY_AFTER,
+};
+use revalidate::store::{Codec, CodecError};
+use revalidate::{FetchError, FetchRequest, Fetched, Fetcher, QueryKey};
+use serde_json::Value;
+
+use crate::config::{DaemonConfig, Method, expand_env};
+
+/// A cached upstream answer: the JSON body, byte for byte, and its validators.
+#[derive(Debug, Clone)]
+pub(crate) struct Payload {
+    pub(crate) body: Bytes,
+    /// Our strong validator of `body`, served as `ETag`.
+    pub(crate) etag: String,
+    /// The upstream's validator, sent back as `If-None-Match`.
+    pub(crate) upstream_etag: Option<String>,
+}
+
+impl PartialEq for Payload {
+    /// Equal bodies are equal data, whatever the validators say.
+    fn eq(&self, other: &Self) -> bool {
+        self.body == other.body
+    }
+}
+
+impl Payload {
+    pub(crate) fn new(body: Bytes, upstream_etag: Option<String>) -> Self {
+        Self {
+            etag: etag_of(&body),
+            body,
+            upstream_etag,
+        }
+    }
+}
+
+/// A strong, stable ETag of a body (FNV-1a 64, hex): the same body gives
+/// the same tag in every process and after every restart.
+pub(crate) fn etag_of(body: &[u8]) -> String {
+    let h = body.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("\"{h:016x}\"")
+}
+
+/// Stores payloads as: upstream ETag length (u16, little-endian), the
+/// upstream ETag, then the body. The body is checked to be JSON again when
+/// restored, so a damaged record is dropped rather than served.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PayloadCodec;
+
+impl Codec<Payload> for PayloadCodec {
+    fn encode(&self, _key: &QueryKey, value: &Payload) -> Result<Vec<u8>, CodecError> {
+        let tag = value.upstream_etag.as_deref().unwrap_or("");
+        let len = u16::try_from(tag.len())
+            .map_err(|_| CodecError::new("upstream ETag longer than 64 KiB"))?;
+        let mut out = Vec::with_capacity(2 + tag.len() + value.body.len());
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(tag.as_bytes());
+        out.extend_from_slice(&value.body);
+        Ok(out)
+    }
+
+    fn decode(&self, _key: &QueryKey, bytes: &[u8]) -> Result<Payload, CodecError> {
+        if bytes.len() < 2 {
+            return Err(CodecError::new("payload record is truncated"));
+        }
+        let len = usize::from(u16::from_le_bytes([bytes[0], bytes[1]]));
+        let rest = &bytes[2..];
+        if rest.len() < len {
+            return Err(CodecError::new("payload record is truncated"));
+        }
+        let (tag, body) = rest.split_at(len);
+        let tag = std::str::from_utf8(tag).map_err(CodecError::from_source)?;
+        serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(CodecError::from_source)?;
+        Ok(Payload::new(
+            Bytes::copy_from_slice(body),
+            (!tag.is_empty()).then(|| tag.to_owned()),
+        ))
+    }
+}
+
+/// How one action is called.
+#[derive(Debug)]
+struct Route {
+    method: Method,
+    url: reqwest::Url,
+    headers: HeaderMap,
+}
+
+/// The upstream API.
+#[derive(Debug)]
+pub(crate) struct Upstream {
+    http: reqwest::Client,
+    routes: HashMap<String, Route>,
+    health: Option<reqwest::Url>,
+    /// Body bytes not transferred thanks to `304 Not Modified`.
+    pub(crate) bytes_saved: AtomicU64,
+    /// Requests sent (fetches and probes).
+    pub(crate) requests: AtomicU64,
+}
+
+/// Why the upstream could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    #[error("in {file}: header `{name}`: {problem}")]
+    Header {
+        file: String,
+        name: String,
+        problem: String,
+    },
+    #[error("the HTTP client could not be built: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+impl Upstream {
+    pub(crate) fn new(config: &DaemonConfig) -> Result<Arc<Self>, UpstreamError> {
+        let u = &config.upstream;
+        let headers = |extra: &std::collections::BTreeMap<String, String>| -> Result<HeaderMap, UpstreamError> {
+            let mut map = HeaderMap::new();
+            for (name, value) in u.headers.iter().chain(extra) {
+                let err = |problem: String| UpstreamError::Header {
+                    file: config.file.clone(),
+                    name: name.clone(),
+                    problem,
+                };
+                let value = expand_env(value).map_err(err)?;
+                let name_h = HeaderName::from_bytes(name.as_bytes()).map_err(|e| err(e.to_string()))?;
+                let mut value_h = HeaderValue::from_str(&value).map_err(|e| err(e.to_string()))?;
+                // Header values may carry secrets: never print them.
+                value_h.set_sensitive(true);
+                map.insert(name_h, value_h);
+            }
+            Ok(map)
+        };
+        let mut routes = HashMap::new();
+        for (action, a) in &config.actions {
+            let path = a.path.replace("{action}", action);
+            let url = join(&u.base_url, &path);
+            routes.insert(
+                action.clone(),
+                Route {
+                    method: a.method,
+                    url,
+                    headers: headers(&a.headers)?,
+                },
+            );
+        }
+        let http = reqwest::Client::builder()
+            .timeout(u.timeout)
+            .connect_timeout(u.timeout.min(Duration::from_secs(5)))
+            .user_agent(concat!("revalidate/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Arc::new(Self {
+            http,
+            routes,
+            health: u.health_path.as_deref().map(|p| join(&u.base_url, p)),
+            bytes_saved: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+        }))
+    }
+
+    /// The actions this upstream serves, sorted.
+    pub(crate) fn actions(&self) -> Vec<&str> {
+        let mut a: Vec<&str> = self.routes.keys().map(String::as_str).collect();
+        a.sort_unstable();
+        a
+    }
+
+    pub(crate) fn knows(&self, action: &str) -> bool {
+        self.routes.contains_key(action)
+    }
+
+    /// Whether the upstream answers its health path successfully; without a
+    /// health path, whether it accepts a connection at all.
+    pub(crate) async fn probe(&self) -> bool {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let url = self.health.clone().unwrap_or_else(|| {
+            let any = self.routes.values().next().map(|r| r.url.clone());
+            any.unwrap_or_else(|| reqwest::Url::parse("http://127.0.0.1/").expect("valid"))
+        });
+        match self.http.get(url).send().await {
+            Ok(r) => {
+                self.health.is_none() || r.status().is_success() || r.status().is_redirection()
+            }
+            Err(e) => {
+                tracing::debug!(target: "revalidate", "🔎 probe: upstream unreachable: {}", describe(&e));
+                false
+            }
+        }
+    }
+}
+
+/// `base` + `path`, keeping the base's own path prefix (`http://h/api` +
+/// `/x` is `http://h/api/x`).
+fn join(base: &reqwest::Url, path: &str) -> reqwest::Url {
+    let mut url = base.clone();
+    let prefix = base.path().trim_end_matches('/');
+    url.set_path(&format!("{prefix}{path}"));
+    url
+}
+
+/// Flattens JSON parameters into query pairs: strings as they are, numbers
+/// and booleans as text, arrays as repeated names, objects as JSON text.
+fn query_pairs(params: &Value) -> Vec<(String, String)> {
+    let Value::Object(map) = params else {
+        return Vec::new();
+    };
+    let mut pairs = Vec::new();
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    for (k, v) in map {
+        match v {
+            Value::Array(items) => pairs.extend(items.iter().map(|i| (k.clone(), text(i)))),
+            v => pairs.push((k.clone(), text(v))),
+        }
+    }
+    pairs
+}
+
+/// A short reason for a transport error, without URLs or headers.
+fn describe(e: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    if e.is_timeout() {
+        "timed out".to_owned()
+    } else if e.is_connect() {
+        format!("connection failed: {cause}")
+    } else {
+        cause.to_string()
+    }
+}
+
+/// Seconds of a `Retry-After` header (delta-seconds form; a date counts as 60 s).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?;
+    Some(Duration::from_secs(v.trim().parse().unwrap_or(60)))
+}
+
+impl Fetcher<Payload> for Arc<Upstream> {
+    async fn fetch(&self, req: FetchRequest<'_, Payload>) -> Result<Fetched<Payload>, FetchError> {
+        let action = req.key.action();
+        let Some(route) = self.routes.get(action) else {
+            return Err(FetchError::rejected(format!(
+                "`{action}` is not a declared action"
+            )));
+        };
+        let mut builder = match route.method {
+            Method::Post => {
+                let body = if req.key.has_params() {
+                    req.key.params_json().to_owned()
+                } else {
+                    "{}".to_owned()
+                };
+                self.http
+                    .post(route.url.clone())
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(body)
+            }
+            Method::Get => {
+                let mut url = route.url.clone();
+                let pairs = query_pairs(&req.key.params());
+                if !pairs.is_empty() {
+                    url.query_pairs_mut().extend_pairs(pairs);
+                }
+                self.http.get(url)
+            }
+        };
+        builder = builder.headers(route.headers.clone());
+        if let Some(tag) = req.previous.and_then(|p| p.upstream_etag.as_deref())
+            && let Ok(v) = HeaderValue::from_str(tag)
+        {
+            builder = builder.header(IF_NONE_MATCH, v);
+        }
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let response = builder.send().await.map_err(|e| {
+            let why = describe(&e);
+            if e.is_timeout() {
+                FetchError::timeout(why)
+            } else if e.is_connect() {
+                FetchError::network(why)
+            } else {
+                FetchError::failed(why)
+            }
+        })?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_MODIFIED {
+            if let Some(prev) = req.previous {
+                self.bytes_saved
+                    .fetch_add(prev.body.len() as u64, Ordering::Relaxed);
+            }
+            return Ok(Fetched::not_modified());
+        }
+        let retry = retry_after(response.headers());
+        let etag = response
+            .headers()
+            .get(ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| FetchError::network(describe(&e)))?;
+        let snippet = || String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+        if status.is_server_error() {
+            let e = FetchError::failed(format!("upstream answered {status}: {}", snippet()));
+            return Err(match retry {
+                Some(d) => e.with_retry_after(d),
+                None => e,
+            });
+        }
+        if status.is_client_error() {
+            let e = FetchError::rejected(format!("upstream answered {status}: {}", snippet()));
+            return Err(match (status, retry) {
+                (reqwest::StatusCode::TOO_MANY_REQUESTS, d) => {
+                    e.with_retry_after(d.unwrap_or(Duration::from_secs(60)))
+                }
+                _ => e,
+            });
+        }
+        if !status.is_success() {
+            return Err(FetchError::failed(format!("upstream answered {status}")));
+        }
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+            return Err(FetchError::bad_data(format!(
+                "upstream answered {status} with a body that is not JSON ({e})"
+            )));
+        }
+        let bytes = body.len() as u64;
+        Ok(Fetched::new(Payload::new(body, etag)).with_bytes(bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn etags_are_stable_and_differ_by_body() {
+        assert_eq!(etag_of(b"{}"), etag_of(b"{}"));
+        assert_ne!(etag_of(b"{}"), etag_of(b"[]"));
+        assert!(etag_of(b"x").starts_with('"') && etag_of(b"x").ends_with('"'));
+    }
+
+    #[test]
+    fn payloads_round_trip_through_the_codec() {
+        let k = QueryKey::bare("a");
+        let p = Payload::new(
+            Bytes::from_static(br#"{"rows":[1]}"#),
+            Some("W/\"abc\"".into()),
+        );
+        let bytes = PayloadCodec.encode(&k, &p).unwrap();
+        let back = PayloadCodec.decode(&k, &bytes).unwrap();
+        assert_eq!(back.body, p.body);
+        assert_eq!(back.upstream_etag, p.upstream_etag);
+        assert_eq!(back.etag, p.etag);
+        assert!(PayloadCodec.decode(&k, &[1]).is_err());
+        assert!(PayloadCodec.decode(&k, b"\0\0not json").is_err());
+    }
+
+    #[test]
+    fn query_strings_flatten_params() {
+        let pairs =
+            query_pairs(&json!({"status": "active", "page": 2, "tag": ["a", "b"], "f": {"x": 1}}));
+        assert_eq!(
+            pairs,
+            vec![
+                ("f".into(), "{\"x\":1}".into()),
+                ("page".into(), "2".into()),
+                ("status".into(), "active".into()),
+                ("tag".into(), "a".into()),
+                ("tag".into(), "b".into()),
+            ]
+        );
+        assert!(query_pairs(&Value::Null).is_empty());
+    }
+
+    #[test]
+    fn paths_join_below_the_base() {
+        let base = reqwest::Url::parse("http://h:1/api/").unwrap();
+        assert_eq!(
+            join(&base, "/actions/x").as_str(),
+            "http://h:1/api/actions/x"
+        );
+        let base = reqwest::Url::parse("http://h:1").unwrap();
+        assert_eq!(join(&base, "/health").as_str(), "http://h:1/health");
+    }
+}
