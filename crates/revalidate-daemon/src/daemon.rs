@@ -67,8 +67,6 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_listen: Option<OnListen>,
 ) -> Result<(), DaemonError> {
-    // One TLS provider for the process; an error means one is already set.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let upstream = Upstream::new(&config)?;
     let client: QueryClient<_> = QueryClient::builder(upstream.clone())
         .policy(config.engine.policy.clone())

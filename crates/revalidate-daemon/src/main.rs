@@ -93,9 +93,12 @@ fn init_logging(debug: bool, format: LogFormat) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only for a terminal: logs that go to files or pipes stay plain.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.with_target(false).init(),
         LogFormat::Json => builder.json().init(),
@@ -220,6 +223,9 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One TLS crypto provider for every HTTP client in the process (ring: no
+    // C toolchain beyond cc, unlike aws-lc). An error means one is set already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
         Command::CheckConfig { file, profile } => check_config(&file, profile.as_deref()),
         Command::Serve {

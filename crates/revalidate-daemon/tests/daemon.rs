@@ -1,0 +1,520 @@
+//! The real `revalidate` binary against a real HTTP upstream on loopback,
+//! started by each test on a free port: headers and 304, refresh on
+//! staleness, outages, the concurrency limit, the admin token, SSE with
+//! resumption, restarts from the store, and configuration errors.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{Answer, Daemon, SseReader, Upstream, bin, config, eventually};
+
+fn http() -> reqwest::Client {
+    // reqwest is built without a default TLS provider (see the daemon's main).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+async fn get(url: &str) -> reqwest::Response {
+    http().get(url).send().await.unwrap()
+}
+
+fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_status_age_etag_and_304() {
+    let up = Upstream::start().await;
+    let d = Daemon::start(&config(&up.base_url(), "item = \"1s\"", ""));
+    let url = d.url("/v1/resources/item.get?id=7&tag=a&tag=b");
+
+    let first = get(&url).await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(
+        header(&first, "cache-status"),
+        "revalidate; fwd=miss; stored"
+    );
+    assert_eq!(header(&first, "age"), "0");
+    assert_eq!(header(&first, "content-type"), "application/json");
+    let etag = header(&first, "etag").to_owned();
+    let body: Value = first.json().await.unwrap();
+    // The query string became the params, sent as the JSON body.
+    assert_eq!(body["params"], json!({ "id": "7", "tag": ["a", "b"] }));
+
+    let second = get(&url).await;
+    assert_eq!(header(&second, "cache-status"), "revalidate; hit");
+    assert_eq!(header(&second, "etag"), etag);
+    assert_eq!(
+        up.calls("item.get"),
+        1,
+        "the hit did not reach the upstream"
+    );
+
+    let not_modified = http()
+        .get(&url)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_modified.status(), 304);
+    assert_eq!(header(&not_modified, "etag"), etag);
+    assert!(not_modified.bytes().await.unwrap().is_empty());
+
+    // Stale while a slow refresh is in flight: served at once, marked stale.
+    up.set_latency(Duration::from_millis(1500));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let t = std::time::Instant::now();
+    let stale = get(&url).await;
+    // The refresh takes 1.5 s upstream: a stale read must not wait for it.
+    assert!(
+        t.elapsed() < Duration::from_millis(1000),
+        "a stale read does not wait"
+    );
+    assert_eq!(header(&stale, "cache-status"), "revalidate; hit; stale");
+    assert!(header(&stale, "age").parse::<u64>().unwrap() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_queries_are_refreshed_and_equal_data_keeps_its_version() {
+    let up = Upstream::start().await;
+    let d = Daemon::start(&config(&up.base_url(), "item = \"500ms\"", ""));
+    let url = d.url("/v1/resources/item.get?id=1");
+    let first = get(&url).await;
+    let v1 = header(&first, "x-revalidate-version").to_owned();
+    // Same data on refresh: the upstream answers 304 to the stored ETag.
+    eventually(Duration::from_secs(5), "a refresh", async || {
+        up.calls("item.get") >= 2
+    })
+    .await;
+    assert!(up.not_modified() >= 1, "the daemon sent If-None-Match");
+    assert_eq!(header(&get(&url).await, "x-revalidate-version"), v1);
+    // New data: a new version and a new ETag.
+    up.bump("item.get");
+    eventually(Duration::from_secs(5), "the new version", async || {
+        header(&get(&url).await, "x-revalidate-version") != v1
+    })
+    .await;
+    let body: Value = get(&url).await.json().await.unwrap();
+    assert_eq!(body["version"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_an_outage_only_the_probe_calls_and_everything_catches_up_after() {
+    let up = Upstream::start().await;
+    let d = Daemon::start(&config(&up.base_url(), "item = \"300ms\"", ""));
+    let urls: Vec<String> = (0..3)
+        .map(|i| d.url(&format!("/v1/resources/item.get?id={i}")))
+        .collect();
+    for u in &urls {
+        assert_eq!(get(u).await.status(), 200);
+    }
+    up.take_down().await;
+    let stats = async || -> Value { get(&d.url("/v1/stats")).await.json().await.unwrap() };
+    eventually(Duration::from_secs(5), "offline", async || {
+        let net: Value = get(&d.url("/v1/network")).await.json().await.unwrap();
+        net["online"] == false
+    })
+    .await;
+    let before = stats().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = stats().await;
+    let fetches = |s: &Value| s["total_refreshes"].as_u64().unwrap();
+    let requests = |s: &Value| s["upstream_requests"].as_u64().unwrap();
+    assert_eq!(fetches(&during), fetches(&before), "no fetch while offline");
+    assert!(
+        requests(&during) > requests(&before),
+        "the probe keeps trying"
+    );
+    assert!(during["skipped_offline"].as_u64().unwrap() >= 3);
+    // Reads go on from the cache.
+    for u in &urls {
+        let r = get(u).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "cache-status"), "revalidate; hit; stale");
+    }
+    up.bump("item.get");
+    up.restore().await;
+    eventually(
+        Duration::from_secs(5),
+        "every query caught up",
+        async || {
+            let mut all = true;
+            for u in &urls {
+                let body: Value = get(u).await.json().await.unwrap();
+                all &= body["version"] == 1;
+            }
+            all
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_never_sees_more_than_the_limit() {
+    let up = Upstream::start().await;
+    up.set_latency(Duration::from_millis(300));
+    let d = Daemon::start(&config(&up.base_url(), "item = \"200ms\"", ""));
+    let reads = (0..20).map(|i| {
+        let url = d.url(&format!("/v1/resources/item.get?id={i}"));
+        async move { get(&url).await.status() }
+    });
+    let statuses = futures::future::join_all(reads).await;
+    assert!(statuses.iter().all(|s| *s == 200));
+    // And the background refreshes of those 20 keep under it too.
+    let calls = up.calls("item.get");
+    eventually(Duration::from_secs(10), "refreshes", async || {
+        up.calls("item.get") >= calls + 20
+    })
+    .await;
+    assert_eq!(
+        up.max_in_flight(),
+        3,
+        "max_concurrent_refreshes = 3, reads included"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidation_needs_the_admin_token() {
+    let up = Upstream::start().await;
+    let cfg = config(&up.base_url(), "item = \"1h\"", "");
+    let open = Daemon::start(&cfg);
+    let r = http()
+        .post(open.url("/v1/invalidate"))
+        .json(&json!({"all": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("admin_token_env"),
+        "{body}"
+    );
+    drop(open);
+
+    let cfg = cfg.replace(
+        "[server]",
+        "[server]\nadmin_token_env = \"TEST_REVALIDATE_TOKEN\"",
+    );
+    let d = Daemon::start_with(&cfg, None, &[("TEST_REVALIDATE_TOKEN", "s3cret")]);
+    let url = d.url("/v1/resources/item.get?id=1");
+    get(&url).await;
+    let post = |token: Option<&str>, body: Value| {
+        let mut r = http().post(d.url("/v1/invalidate")).json(&body);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    assert_eq!(
+        post(None, json!({"all": true})).await.unwrap().status(),
+        401
+    );
+    assert_eq!(
+        post(Some("wrong"), json!({"all": true}))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    up.bump("item.get");
+    let ok = post(
+        Some("s3cret"),
+        json!({"action": "item.get", "params": {"id": "1"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.json::<Value>().await.unwrap(), json!({"invalidated": 1}));
+    let unknown = post(Some("s3cret"), json!({"action": "nope"}))
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let bad = post(Some("s3cret"), json!({"action": "item.get", "all": true}))
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    // The invalidated active query is refreshed promptly (its limit is 1 h).
+    eventually(
+        Duration::from_secs(3),
+        "the refresh after invalidation",
+        async || get(&url).await.json::<Value>().await.unwrap()["version"] == 1,
+    )
+    .await;
+    assert_eq!(
+        post(Some("s3cret"), json!({"resource": "item"}))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_events_only_on_change_and_resumption() {
+    let up = Upstream::start().await;
+    // A replay ring of 3 events, so that a gap can outgrow it.
+    let cfg = config(&up.base_url(), "item = \"200ms\"\nother = \"200ms\"", "").replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nevent_replay = 3",
+    );
+    let d = Daemon::start(&cfg);
+    let same = d.url("/v1/resources/item.get?id=1");
+    let changing = d.url("/v1/resources/other.get?id=2");
+    get(&same).await;
+    get(&changing).await;
+    let mut events = SseReader::open(&d.url("/v1/events"), None).await;
+    // Refreshes of unchanged data announce nothing.
+    eventually(Duration::from_secs(5), "refreshes", async || {
+        up.calls("item.get") >= 4
+    })
+    .await;
+    assert_eq!(
+        events.next(Duration::from_millis(300)).await,
+        None,
+        "no event without a change"
+    );
+    up.bump("other.get");
+    let e = events
+        .next(Duration::from_secs(5))
+        .await
+        .expect("a change event");
+    assert_eq!(e.event, "change");
+    assert_eq!(e.data["action"], "other.get");
+    assert_eq!(e.data["params"], json!({"id": "2"}));
+    assert_eq!(e.data["version"], 2);
+    let first_id = e.id.unwrap();
+
+    // Filtered by action: changes of other actions are not sent.
+    let mut filtered = SseReader::open(&d.url("/v1/events?action=item.get"), None).await;
+    up.bump("other.get");
+    let e2 = events.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(filtered.next(Duration::from_millis(300)).await, None);
+
+    // Resuming with Last-Event-ID replays exactly what was missed.
+    let mut resumed = SseReader::open(&d.url("/v1/events"), Some(first_id)).await;
+    let replayed = resumed.next(Duration::from_secs(2)).await.unwrap();
+    assert_eq!(replayed.id, e2.id);
+    assert_eq!(replayed.data, e2.data);
+
+    // A gap older than the replay ring (3 events) gets a snapshot.
+    for _ in 0..4 {
+        up.bump("other.get");
+        events.next(Duration::from_secs(5)).await.expect("a change");
+    }
+    let mut late = SseReader::open(&d.url("/v1/events"), Some(first_id)).await;
+    let snapshot = late.next(Duration::from_secs(2)).await.unwrap();
+    assert_eq!(snapshot.event, "snapshot");
+    let keys: Vec<&str> = snapshot.data["queries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_serves_from_the_store_without_calling_the_upstream() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("cache.redb");
+    let cfg = config(
+        &up.base_url(),
+        "item = \"1h\"",
+        &format!(
+            "[store]\npath = \"{}\"\nflush_every = \"1h\"\n",
+            store.display()
+        ),
+    );
+    let mut first = Daemon::start_with(&cfg, Some(dir.path()), &[]);
+    let urls: Vec<String> = (0..3)
+        .map(|i| first.url(&format!("/v1/resources/item.get?id={i}")))
+        .collect();
+    let mut bodies = Vec::new();
+    for u in &urls {
+        bodies.push(get(u).await.text().await.unwrap());
+    }
+    // SIGTERM: a graceful stop flushes the store (the window is an hour).
+    assert!(first.stop().success());
+    let calls = up.action_calls();
+
+    let second = Daemon::start_with(&cfg, Some(dir.path()), &[]);
+    for (i, body) in bodies.iter().enumerate() {
+        let r = get(&second.url(&format!("/v1/resources/item.get?id={i}"))).await;
+        assert_eq!(header(&r, "cache-status"), "revalidate; hit");
+        assert_eq!(&r.text().await.unwrap(), body);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        up.action_calls(),
+        calls,
+        "zero upstream calls after the restart"
+    );
+    let queries: Value = get(&second.url("/v1/queries")).await.json().await.unwrap();
+    assert_eq!(queries.as_array().unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_answer_in_json_and_bad_data_is_never_cached() {
+    let up = Upstream::start().await;
+    let d = Daemon::start(&config(&up.base_url(), "item = \"1h\"", ""));
+    let unknown = get(&d.url("/v1/resources/nope.get")).await;
+    assert_eq!(unknown.status(), 404);
+    let body: Value = unknown.json().await.unwrap();
+    assert_eq!(body["known"], json!(["item.get", "item.list", "other.get"]));
+
+    up.answer("item.list", Answer::Status(503, "busy".into()));
+    let failed = get(&d.url("/v1/resources/item.list")).await;
+    assert_eq!(failed.status(), 502);
+    let body: Value = failed.json().await.unwrap();
+    assert_eq!(body["error"], "upstream_failed");
+    assert_eq!(body["kind"], "failed");
+
+    up.answer("item.list", Answer::NotJson);
+    let garbage = get(&d.url("/v1/resources/item.list?x=1")).await;
+    assert_eq!(garbage.status(), 502);
+    assert_eq!(garbage.json::<Value>().await.unwrap()["kind"], "bad_data");
+    up.answer("item.list", Answer::Json);
+    let fixed = get(&d.url("/v1/resources/item.list?x=1")).await;
+    assert_eq!(
+        header(&fixed, "cache-status"),
+        "revalidate; fwd=miss; stored",
+        "garbage was not cached"
+    );
+
+    up.answer("item.list", Answer::Status(404, "no such thing".into()));
+    let rejected = get(&d.url("/v1/resources/item.list?x=2")).await;
+    assert_eq!(rejected.json::<Value>().await.unwrap()["kind"], "rejected");
+
+    let long = get(&d.url(&format!("/v1/resources/item.get?q={}", "x".repeat(9000)))).await;
+    assert_eq!(long.status(), 414);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_metrics_and_health_endpoints() {
+    let up = Upstream::start().await;
+    let d = Daemon::start(&config(&up.base_url(), "item = \"1h\"", ""));
+    get(&d.url("/v1/resources/item.get?id=1")).await;
+    get(&d.url("/v1/resources/item.get?id=1")).await;
+    assert_eq!(get(&d.url("/healthz")).await.text().await.unwrap(), "ok");
+    let queries: Value = get(&d.url("/v1/queries")).await.json().await.unwrap();
+    let q = &queries[0];
+    assert_eq!(q["action"], "item.get");
+    assert_eq!(q["status"], "fresh");
+    assert_eq!(q["staleness"], "1h");
+    assert_eq!(q["staleness_ms"], 3_600_000);
+    let stats: Value = get(&d.url("/v1/stats")).await.json().await.unwrap();
+    assert_eq!(stats["cache"]["misses"], 1);
+    assert_eq!(stats["cache"]["fresh_hits"], 1);
+    assert_eq!(stats["max_concurrent_refreshes"], 3);
+    let metrics = get(&d.url("/metrics")).await.text().await.unwrap();
+    assert!(
+        metrics.contains("revalidate_refreshes_total{resource=\"item\",outcome=\"success\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("revalidate_cache_reads_total{resource=\"item\",result=\"fresh\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("revalidate_online 1"), "{metrics}");
+    let page = get(&d.url("/")).await;
+    assert!(header(&page, "content-type").starts_with("text/html"));
+    assert!(page.text().await.unwrap().contains("EventSource"));
+    assert_eq!(get(&d.url("/v1/nothing")).await.status(), 404);
+}
+
+#[test]
+fn bad_configs_exit_2_with_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[upstream]\nbase_url = \"http://127.0.0.1:9\"\n\n[refresh]\nbatch_sise = 5\n\n[actions.\"a.b\"]\n[staleness]\na = \"5 minutes please\"\n",
+    )
+    .unwrap();
+    for args in [vec!["serve", "--config"], vec!["check-config"]] {
+        let out = Command::new(bin()).args(&args).arg(&bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("bad.toml:5:1"), "{err}");
+        assert!(err.contains("refresh.batch_sise"), "{err}");
+        assert!(err.contains("did you mean `batch_size`?"), "{err}");
+        assert!(err.contains("bad.toml:9:5"), "{err}");
+        assert!(err.contains("staleness.a"), "{err}");
+        assert!(err.contains("2 errors in"), "{err}");
+    }
+    let missing = Command::new(bin())
+        .args(["check-config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    let profile = dir.path().join("p.toml");
+    std::fs::write(&profile, "profile = \"prodution\"\n[profiles.production.staleness]\n[upstream]\nbase_url = \"http://x\"\n[actions.a]\n").unwrap();
+    let out = Command::new(bin())
+        .arg("check-config")
+        .arg(&profile)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean `production`?"));
+}
+
+#[test]
+fn check_config_prints_the_effective_staleness_per_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ok.toml");
+    std::fs::write(
+        &file,
+        r#"profile = "production"
+[upstream]
+base_url = "http://127.0.0.1:9000"
+[staleness]
+process = "5m"
+node = "never"
+[profiles.development.staleness]
+process = "1m"
+[profiles.production.staleness]
+process = "10m"
+[overrides]
+"process.list" = "2m"
+[actions."process.list"]
+[actions."process.get"]
+[actions."node.tree"]
+"#,
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = |action: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(action))
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert!(text.contains("production (active)"), "{text}");
+    assert_eq!(row("process.get"), "process.get process 5m 1m 10m");
+    assert_eq!(row("process.list"), "process.list process 2m 2m 2m");
+    assert_eq!(row("node.tree"), "node.tree node never never never");
+}
