@@ -360,8 +360,6 @@ fn read_actions(root: &Table<'_>) -> BTreeMap<String, ActionConfig> {
         if let Some(h) = a.table("headers") {
             action.headers = read_headers(&h);
         }
-        // Read by revalidate::Config; named here so it is a known key.
-        let _ = a.contains("resource");
         out.insert(name.to_owned(), action);
     }
     out

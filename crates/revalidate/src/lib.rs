@@ -108,3 +108,8 @@ pub use stats::{CacheStats, ResourceStats, Stats};
 #[cfg(feature = "redb")]
 pub use store::RedbStore;
 pub use store::{Codec, JsonCodec, MemoryStore, Store, StoreError};
+
+/// The README's example, compiled as a doctest so it never rots.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
