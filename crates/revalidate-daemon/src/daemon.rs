@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use revalidate::{
@@ -13,7 +14,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{DaemonConfig, OnStoreError};
 use crate::events::EventLog;
-use crate::server::{self, AppState};
+use crate::server::{self, Shared};
 use crate::upstream::{PayloadCodec, Upstream, UpstreamError};
 
 /// Why the daemon stopped with an error.
@@ -128,7 +129,7 @@ pub(crate) async fn serve(
                 .and_then(|var| std::env::var(var).ok())
         })
         .filter(|t| !t.is_empty());
-    let state = AppState {
+    let state = Arc::new(Shared {
         client: client.clone(),
         upstream: upstream.clone(),
         events: EventLog::start(&client, config.server.event_replay),
@@ -137,7 +138,7 @@ pub(crate) async fn serve(
         admin_token,
         admin_token_env: config.server.admin_token_env.clone(),
         max_query_bytes: config.server.max_query_bytes,
-    };
+    });
     let app = server::router(state, config.server.max_body_bytes);
     let addr = config.server.listen;
     let listener = TcpListener::bind(addr)

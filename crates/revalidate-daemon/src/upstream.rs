@@ -31,8 +31,8 @@ use crate::config::{DaemonConfig, Method, expand_env};
 #[derive(Debug, Clone)]
 pub(crate) struct Payload {
     pub(crate) body: Bytes,
-    /// Our strong validator of `body`, served as `ETag`.
-    pub(crate) etag: String,
+    /// Our strong validator of `body`, served as `ETag`, ready to send.
+    pub(crate) etag: HeaderValue,
     /// The upstream's validator, sent back as `If-None-Match`.
     pub(crate) upstream_etag: Option<String>,
 }
@@ -46,8 +46,10 @@ impl PartialEq for Payload {
 
 impl Payload {
     pub(crate) fn new(body: Bytes, upstream_etag: Option<String>) -> Self {
+        let etag =
+            HeaderValue::from_str(&etag_of(&body)).expect("hex in quotes is a valid header value");
         Self {
-            etag: etag_of(&body),
+            etag,
             body,
             upstream_etag,
         }

@@ -19,9 +19,12 @@ use serde_json::json;
 use crate::events::EventLog;
 use crate::upstream::{Payload, Upstream};
 
+/// What the handlers share, behind one `Arc`: axum clones the state for
+/// every request, and a pointer is cheaper to clone than this struct.
+pub(crate) type AppState = Arc<Shared>;
+
 /// Everything a handler needs.
-#[derive(Clone)]
-pub(crate) struct AppState {
+pub(crate) struct Shared {
     pub(crate) client: QueryClient<Payload>,
     pub(crate) upstream: Arc<Upstream>,
     pub(crate) events: Arc<EventLog>,

@@ -95,7 +95,7 @@ fn answer(hit: &Hit<Payload>, request: &HeaderMap) -> Response {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {
             v.split(',')
-                .any(|t| t.trim() == payload.etag || t.trim() == "*")
+                .any(|t| t.trim().as_bytes() == payload.etag.as_bytes() || t.trim() == "*")
         });
     let mut response = if not_modified {
         StatusCode::NOT_MODIFIED.into_response()
@@ -110,9 +110,7 @@ fn answer(hit: &Hit<Payload>, request: &HeaderMap) -> Response {
     let h = response.headers_mut();
     h.insert(header::AGE, HeaderValue::from(hit.age.as_secs()));
     h.insert("cache-status", HeaderValue::from_static(status));
-    if let Ok(tag) = HeaderValue::from_str(&payload.etag) {
-        h.insert(header::ETAG, tag);
-    }
+    h.insert(header::ETAG, payload.etag.clone());
     h.insert("x-revalidate-version", HeaderValue::from(hit.version));
     response
 }
