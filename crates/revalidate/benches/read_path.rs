@@ -20,10 +20,11 @@
 //!   store and its write-behind task): the read path should not notice.
 //!
 //! Each (contender, size, threads) runs in a process of its own, built
-//! fresh (no contender inherits memory another freed), `RUNS` times; each
-//! run reports the median of `ROUNDS` timed walks. The table gives the
-//! median over runs, in nanoseconds per hit per thread (two threads each do
-//! the full walk: ideal scaling shows the same time as one thread).
+//! fresh (no contender inherits memory another freed), `RUNS` times, the
+//! contenders taking turns; each run reports the median of `ROUNDS` timed
+//! walks. The table gives the median over runs, in nanoseconds per hit per
+//! thread (two threads each do the full walk: ideal scaling shows the same
+//! time as one thread).
 //!
 //! Run: `cargo bench -p revalidate --bench read_path`
 
@@ -46,7 +47,7 @@ const CONTENDERS: [&str; 6] = [
     "revalidate_tokio_clock",
     "revalidate_persisted",
 ];
-const RUNS: usize = 3;
+const RUNS: usize = 5;
 const ROUNDS: usize = 5;
 const HITS_PER_ROUND: usize = 1_000_000;
 
@@ -276,24 +277,27 @@ fn main() {
     println!("|---|---|{}---|---|---|", "---|".repeat(contenders.len()));
     for n in [1_000usize, 100_000] {
         for threads in [1usize, 2] {
-            let mut results = HashMap::new();
+            // Contenders take turns, run after run, so that the machine's
+            // changing load falls on all of them alike.
+            let mut runs: HashMap<&str, Vec<f64>> = HashMap::new();
+            for _ in 0..RUNS {
+                for c in &contenders {
+                    let out = Command::new(&exe)
+                        .args(["--one", c, &n.to_string(), &threads.to_string()])
+                        .output()
+                        .expect("run one configuration");
+                    let ns = String::from_utf8_lossy(&out.stdout)
+                        .trim()
+                        .parse()
+                        .unwrap_or(f64::NAN);
+                    runs.entry(*c).or_default().push(ns);
+                }
+            }
+            let results: HashMap<&str, f64> =
+                runs.into_iter().map(|(c, r)| (c, median(r))).collect();
             print!("| {n} | {threads} |");
             for c in &contenders {
-                let runs: Vec<f64> = (0..RUNS)
-                    .map(|_| {
-                        let out = Command::new(&exe)
-                            .args(["--one", c, &n.to_string(), &threads.to_string()])
-                            .output()
-                            .expect("run one configuration");
-                        String::from_utf8_lossy(&out.stdout)
-                            .trim()
-                            .parse()
-                            .unwrap_or(f64::NAN)
-                    })
-                    .collect();
-                let m = median(runs);
-                results.insert(*c, m);
-                print!(" {m:.1} |");
+                print!(" {:.1} |", results[c]);
             }
             let ratio = |a: &str, b: &str| match (results.get(a), results.get(b)) {
                 (Some(a), Some(b)) => format!("{:.2}×", a / b),

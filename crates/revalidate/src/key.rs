@@ -102,6 +102,12 @@ impl QueryKey {
         Ok(Self::new(action, serde_json::to_value(params)?))
     }
 
+    /// A key from a text built by [`QueryKey::new`] (action, NUL, canonical
+    /// params), as stores keep it.
+    pub(crate) fn from_canonical_text(text: &str) -> Self {
+        Self::from_text(text.to_owned())
+    }
+
     fn from_text(text: String) -> Self {
         let hash = hash_state().hash_one(text.as_bytes());
         Self {

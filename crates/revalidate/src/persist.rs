@@ -211,10 +211,10 @@ impl<S: Store, C> Persistence<S, C> {
             let decoded = record::key_of(&k)
                 .map_err(|e| e.to_string())
                 .and_then(|key| {
-                    let rec = Record::decode(&v).map_err(|e| e.to_string())?;
-                    Ok((key, rec))
+                    let (rec, payload) = Record::decode_borrowed(&v).map_err(|e| e.to_string())?;
+                    Ok((key, rec, payload))
                 });
-            let (key, rec) = match decoded {
+            let (key, rec, payload) = match decoded {
                 Ok(ok) => ok,
                 Err(why) => {
                     tracing::warn!(target: "revalidate", "dropping a persisted entry that does not decode: {why}");
@@ -229,7 +229,7 @@ impl<S: Store, C> Persistence<S, C> {
                 prune.deletes.push(k);
                 continue;
             }
-            let value = match self.codec.decode(&key, &rec.payload) {
+            let value = match self.codec.decode(&key, payload) {
                 Ok(v) => v,
                 Err(e) => {
                     tracing::warn!(target: "revalidate", "dropping persisted {key}: its value does not decode: {e}");
