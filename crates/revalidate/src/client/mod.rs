@@ -648,14 +648,23 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClient<V> {
 }
 
 impl<V> Inner<V> {
+    /// The entry of `key`, if it is still the incarnation `generation` (not
+    /// removed and recreated since).
+    pub(crate) fn entry_of<'g>(
+        &self,
+        key: &QueryKey,
+        generation: u32,
+        guard: &'g papaya::LocalGuard<'_>,
+    ) -> Option<&'g Entry<V>> {
+        self.map
+            .get(key, guard)
+            .filter(|e| e.generation == generation)
+    }
+
     /// Clears an abandoned flight so that a waiting reader takes over.
     fn end_flight(&self, key: &QueryKey, generation: u32, flight: &Flight<V>) {
         let guard = self.map.guard();
-        if let Some(entry) = self
-            .map
-            .get(key, &guard)
-            .filter(|e| e.generation == generation)
-        {
+        if let Some(entry) = self.entry_of(key, generation, &guard) {
             let mut w = entry.lock();
             if w.get()
                 .and_then(|c| c.flight.as_ref())
@@ -855,10 +864,7 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
     /// flight already (one fetch per key) or the key is gone.
     pub(crate) fn try_lead(self: &Arc<Self>, key: &QueryKey, generation: u32) -> Option<Lease<V>> {
         let guard = self.map.guard();
-        let entry = self
-            .map
-            .get(key, &guard)
-            .filter(|e| e.generation == generation)?;
+        let entry = self.entry_of(key, generation, &guard)?;
         // Out of the executor's queue: from here its flight (or the one
         // already in the air) reschedules it when done.
         let _ = entry.queued_due.compare_exchange(
@@ -922,10 +928,7 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
         let now = self.clock.now();
         let took = now.since(started);
         let guard = self.map.guard();
-        let entry = self
-            .map
-            .get(&lease.key, &guard)
-            .filter(|e| e.generation == lease.generation);
+        let entry = self.entry_of(&lease.key, lease.generation, &guard);
         let info = entry.map_or_else(
             || self.action_info(lease.key.action()),
             |e| e.action.clone(),
@@ -1131,11 +1134,7 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
         let mut removed = 0;
         let guard = self.map.guard();
         for d in due {
-            let Some(entry) = self
-                .map
-                .get(&d.key, &guard)
-                .filter(|e| e.generation == d.generation)
-            else {
+            let Some(entry) = self.entry_of(&d.key, d.generation, &guard) else {
                 continue;
             };
             let idle_since = entry.last_read();

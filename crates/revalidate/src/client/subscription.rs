@@ -69,11 +69,8 @@ impl<V: PartialEq + Send + Sync + 'static> Stream for Subscription<V> {
             match Pin::new(&mut self.changes).poll_next(cx) {
                 Poll::Ready(Some(_version)) => {
                     let guard = self.inner.map.guard();
-                    let entry = self.inner.map.get(&self.key, &guard);
-                    let Some(value) = entry
-                        .filter(|e| e.generation == self.generation)
-                        .and_then(|e| e.data(&guard))
-                    else {
+                    let entry = self.inner.entry_of(&self.key, self.generation, &guard);
+                    let Some(value) = entry.and_then(|e| e.data(&guard)) else {
                         continue;
                     };
                     drop(guard);
@@ -92,8 +89,7 @@ impl<V> Drop for Subscription<V> {
         // With the last subscriber gone, drop the channel so the entry's
         // cold state can be freed and the query can age out.
         let guard = self.inner.map.guard();
-        let entry = self.inner.map.get(&self.key, &guard);
-        if let Some(entry) = entry.filter(|e| e.generation == self.generation) {
+        if let Some(entry) = self.inner.entry_of(&self.key, self.generation, &guard) {
             let mut w = entry.lock();
             if w.get().is_some_and(|c| c.observers() <= 1) {
                 w.get_mut().changes = None;

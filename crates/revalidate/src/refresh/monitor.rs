@@ -143,10 +143,12 @@ impl<V: PartialEq + Send + Sync + 'static> Monitor<V> {
             schedule.pop_due(horizon, CHECK_BUDGET, &mut self.popped);
             let guard = self.inner.map.guard();
             for due in self.popped.drain(..) {
-                let live = self.inner.map.get(&due.key, &guard).filter(|e| {
-                    e.generation == due.generation
-                        && e.queued_due.load(std::sync::atomic::Ordering::Acquire) == due.at.0
-                });
+                let live = self
+                    .inner
+                    .entry_of(&due.key, due.generation, &guard)
+                    .filter(|e| {
+                        e.queued_due.load(std::sync::atomic::Ordering::Acquire) == due.at.0
+                    });
                 // A superseded deadline is garbage, offline or not.
                 let Some(entry) = live else { continue };
                 entry
@@ -175,12 +177,7 @@ impl<V: PartialEq + Send + Sync + 'static> Monitor<V> {
             );
         }
         for due in popped.drain(..) {
-            let Some(entry) = self
-                .inner
-                .map
-                .get(&due.key, &guard)
-                .filter(|e| e.generation == due.generation)
-            else {
+            let Some(entry) = self.inner.entry_of(&due.key, due.generation, &guard) else {
                 continue;
             };
             // A deadline superseded by an earlier one is garbage (lazy deletion).
@@ -248,12 +245,7 @@ impl<V: PartialEq + Send + Sync + 'static> Monitor<V> {
     pub(crate) fn take_oldest(&mut self, now: Stamp) -> Option<Work> {
         let guard = self.inner.map.guard();
         while let Some(due) = self.backlog.pop_front() {
-            let Some(entry) = self
-                .inner
-                .map
-                .get(&due.key, &guard)
-                .filter(|e| e.generation == due.generation)
-            else {
+            let Some(entry) = self.inner.entry_of(&due.key, due.generation, &guard) else {
                 continue;
             };
             if !RefreshSchedule::claim(&entry.queued_due, &due) || entry.is_fetching() {
@@ -278,12 +270,7 @@ impl<V: PartialEq + Send + Sync + 'static> Monitor<V> {
     /// Puts work that could not start (the network went away) back on the schedule.
     pub(crate) fn defer(&self, work: &Work) {
         let guard = self.inner.map.guard();
-        if let Some(entry) = self
-            .inner
-            .map
-            .get(&work.key, &guard)
-            .filter(|e| e.generation == work.generation)
-        {
+        if let Some(entry) = self.inner.entry_of(&work.key, work.generation, &guard) {
             self.inner
                 .schedule
                 .schedule(&entry.queued_due, entry.generation, &work.key, work.due);
