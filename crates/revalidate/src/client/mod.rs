@@ -1110,8 +1110,13 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
 
     /// Whether a query counts as active: a subscriber, or a read within `inactive_after`.
     pub(crate) fn is_active(&self, entry: &Entry<V>, now: Stamp) -> bool {
+        self.read_recently(entry, now) || entry.lock().get().is_some_and(|c| c.observers() > 0)
+    }
+
+    /// Whether `entry` was read within `inactive_after` (the half of
+    /// "active" that needs no lock).
+    fn read_recently(&self, entry: &Entry<V>, now: Stamp) -> bool {
         now.0.saturating_sub(entry.last_read().0) < self.inactive_after.load(Relaxed)
-            || entry.lock().get().is_some_and(|c| c.observers() > 0)
     }
 
     fn remove_entry(&self, key: &QueryKey) -> bool {
@@ -1214,9 +1219,7 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
             last_error_at: last_error.map(|e| self.clock.wall_of(e.at)),
             observers,
             last_read: self.clock.wall_of(entry.last_read()),
-            is_active: now.0.saturating_sub(entry.last_read().0)
-                < self.inactive_after.load(Relaxed)
-                || observers > 0,
+            is_active: observers > 0 || self.read_recently(entry, now),
             version: entry.version(),
             next_check: (queued != i64::MAX).then(|| self.clock.wall_of(Stamp(queued))),
         }
