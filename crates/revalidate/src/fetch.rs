@@ -270,6 +270,7 @@ pub struct FetchError {
     kind: FetchErrorKind,
     message: Arc<str>,
     retry_after: Option<Duration>,
+    status: Option<u16>,
     source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
@@ -280,6 +281,7 @@ impl FetchError {
             kind,
             message: message.into().into(),
             retry_after: None,
+            status: None,
             source: None,
         }
     }
@@ -318,6 +320,15 @@ impl FetchError {
         self
     }
 
+    /// Records the status code the source answered with, for sources that
+    /// have one (HTTP). It lets a front end tell its callers what the source
+    /// said without passing on the source's own words.
+    #[must_use]
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.status = Some(status);
+        self
+    }
+
     /// Attaches the underlying error.
     #[must_use]
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
@@ -336,6 +347,10 @@ impl FetchError {
     /// The delay the source asked for before a retry, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after
+    }
+    /// The status code the source answered with, if it gave one.
+    pub fn status(&self) -> Option<u16> {
+        self.status
     }
     /// Whether the source could not be reached.
     pub fn is_network(&self) -> bool {
@@ -380,6 +395,9 @@ impl fmt::Debug for FetchError {
         if let Some(r) = self.retry_after {
             d.field("retry_after", &r);
         }
+        if let Some(s) = self.status {
+            d.field("status", &s);
+        }
         d.finish()
     }
 }
@@ -395,6 +413,7 @@ impl PartialEq for FetchError {
         self.kind == other.kind
             && self.message == other.message
             && self.retry_after == other.retry_after
+            && self.status == other.status
     }
 }
 
@@ -422,6 +441,8 @@ mod tests {
         assert!(e.is_retryable());
         assert_eq!(e.to_string(), "rejected: too many requests");
         assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
+        assert_eq!(e.status(), None);
+        assert_eq!(FetchError::failed("x").with_status(503).status(), Some(503));
         let io = std::io::Error::other("boom");
         let e = FetchError::network("connect").with_source(io);
         assert_eq!(std::error::Error::source(&e).unwrap().to_string(), "boom");
