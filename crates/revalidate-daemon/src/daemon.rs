@@ -26,6 +26,8 @@ pub(crate) enum DaemonError {
     Store(#[from] revalidate::StoreError),
     #[error(transparent)]
     Refresh(#[from] RefreshError),
+    #[error(transparent)]
+    Settings(#[from] revalidate::SettingsError),
     #[error(
         "cannot listen on {addr}: {source}; choose another address with [server] listen or --listen"
     )]
@@ -71,6 +73,7 @@ pub(crate) async fn serve(
     let upstream = Upstream::new(&config)?;
     let client: QueryClient<_> = QueryClient::builder(upstream.clone())
         .policy(config.engine.policy.clone())
+        .settings(config.engine.refresh.clone())?
         .clock(ClockSource::Coarse)
         .build();
 
@@ -116,7 +119,7 @@ pub(crate) async fn serve(
             async move { upstream.probe().await }
         }
     };
-    let refresh = BackgroundRefresh::new(&client, config.engine.refresh.clone())?
+    let refresh = BackgroundRefresh::new(&client)?
         .with_probe(config.upstream.probe_interval, probe)
         .start();
 

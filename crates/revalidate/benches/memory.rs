@@ -20,9 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use revalidate::refresh_bench::Checker;
-use revalidate::{
-    FetchError, KeyHasher, Policy, QueryClient, QueryKey, RefreshSettings, Staleness, fetcher_fn,
-};
+use revalidate::{FetchError, KeyHasher, Policy, QueryClient, QueryKey, Staleness, fetcher_fn};
 use serde_json::json;
 
 struct Counting;
@@ -148,8 +146,7 @@ fn one(name: &str) {
                 for (i, k) in keys.iter().enumerate() {
                     c.set_data(k, payload(i));
                 }
-                let checker =
-                    service.then(|| Checker::new(&c, RefreshSettings::default()).unwrap());
+                let checker = service.then(|| Checker::new(&c).unwrap());
                 (c, checker)
             });
             (m, Box::new(kept))

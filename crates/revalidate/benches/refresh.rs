@@ -56,7 +56,7 @@ fn check_tick(c: &mut Criterion) {
         for i in 0..n {
             client.set_data(&key(i), i as u64);
         }
-        let mut checker = Checker::new(&client, RefreshSettings::default()).unwrap();
+        let mut checker = Checker::new(&client).unwrap();
         assert_eq!(checker.check(), 0, "nothing is due");
         assert_eq!(checker.scheduled(), n, "every query has its deadline");
         group.bench_with_input(BenchmarkId::new("revalidate", n), &n, |b, _| {
@@ -131,8 +131,13 @@ fn refresh_all(
             .default_staleness(Staleness::mins(60))
             .build()
             .unwrap();
+        let mut settings = RefreshSettings::default();
+        settings.max_concurrent_refreshes = limit;
+        settings.check_interval = Duration::from_millis(100);
         let client = QueryClient::builder(fetcher)
             .policy(policy)
+            .settings(settings)
+            .unwrap()
             .clock(ClockSource::Coarse)
             .initial_capacity(n)
             .build();
@@ -140,11 +145,8 @@ fn refresh_all(
             client.set_data(&key(i), 0);
         }
         client.invalidate(QueryFilter::All);
-        let mut settings = RefreshSettings::default();
-        settings.max_concurrent_refreshes = limit;
-        settings.check_interval = Duration::from_millis(100);
         // Everything set just now is active (read within inactive_after).
-        let refresh = BackgroundRefresh::new(&client, settings).unwrap();
+        let refresh = BackgroundRefresh::new(&client).unwrap();
         let start = Instant::now();
         let handle = refresh.start();
         while done.load(Ordering::Relaxed) < n {

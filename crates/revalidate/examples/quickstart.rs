@@ -28,14 +28,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             json!({ "action": key.action(), "at_ms": started.elapsed().as_millis() }),
         )
     });
-    let client: QueryClient<Value> = QueryClient::builder(api).policy(policy).build();
-
-    // 3. The background refresh service keeps what is read fresh.
+    // 3. The settings (the seed's REFRESH_SETTINGS), and the client.
     let mut settings = RefreshSettings::default();
     settings.check_interval = Duration::from_millis(250);
-    let refresh = BackgroundRefresh::new(&client, settings)?.start();
+    let client: QueryClient<Value> = QueryClient::builder(api)
+        .policy(policy)
+        .settings(settings)?
+        .build();
 
-    // 4. Reads: the first is a miss (one fetch); then the cache answers at once.
+    // 4. The background refresh service keeps what is read fresh.
+    let refresh = BackgroundRefresh::new(&client)?.start();
+
+    // 5. Reads: the first is a miss (one fetch); then the cache answers at once.
     let key = QueryKey::new("process.list", json!({ "status": "active" }));
     for _ in 0..6 {
         let hit = client.get_with_meta(&key).await?;

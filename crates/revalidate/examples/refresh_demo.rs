@@ -86,14 +86,18 @@ async fn main() {
         calls: AtomicU64::new(0),
         started: Instant::now(),
     };
-    let client: QueryClient<Value> = QueryClient::builder(api).policy(policy()).build();
     let mut settings = RefreshSettings::default();
     settings.check_interval = Duration::from_secs(2);
     settings.retry_interval = Duration::from_secs(3);
     settings.inactive_after = Duration::from_secs(20);
     settings.fetch_timeout = Duration::from_secs(2);
-    let refresh = BackgroundRefresh::new(&client, settings)
+    let client: QueryClient<Value> = QueryClient::builder(api)
+        .policy(policy())
+        .settings(settings)
         .expect("valid settings")
+        .build();
+    let refresh = BackgroundRefresh::new(&client)
+        .expect("the only service of this client")
         .start();
 
     // The app loads its first screen: every read is a miss, fetched once.

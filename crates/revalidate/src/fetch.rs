@@ -311,6 +311,13 @@ impl FetchError {
             "not fetched: the network is offline",
         )
     }
+    /// The engine cut a fetch off after `limit`.
+    pub(crate) fn timed_out(limit: Duration) -> Self {
+        Self::timeout(format!(
+            "no answer within {}",
+            crate::rt::compact_duration(limit)
+        ))
+    }
 
     /// Asks the engine to wait at least this long before retrying (an HTTP
     /// `Retry-After`).

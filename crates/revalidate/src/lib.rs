@@ -69,6 +69,7 @@
 
 mod client;
 pub mod config;
+mod coord;
 mod fetch;
 mod key;
 mod log;
@@ -88,6 +89,7 @@ pub use client::{
     QueryFilter, QueryState, Subscription,
 };
 pub use config::Config;
+pub use coord::{Coordinator, Grant, Holding, LocalCoordinator, Publish, Remote, Ticket};
 pub use fetch::{
     Batching, FetchError, FetchErrorKind, FetchRequest, Fetched, Fetcher, FnFetcher, fetcher_fn,
 };

@@ -2,8 +2,8 @@
 //!
 //! Three things can move the state: the application (`set_online`, e.g. from
 //! `navigator.onLine` or an OS event), a reachability probe the refresh
-//! service runs, and the engine itself, which goes offline after
-//! `offline_after_errors` network-class failures in a row. While offline the
+//! service runs, and the engine itself, which goes offline after its
+//! client's `offline_after_errors` network-class failures in a row. While offline the
 //! engine makes no fetches at all; cached reads go on as before.
 
 use std::sync::Arc;
@@ -40,7 +40,7 @@ pub struct NetworkStatus {
 }
 
 fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u64(crate::stats::unix_millis(*t))
+    s.serialize_u64(crate::rt::unix_millis(*t))
 }
 
 /// Online/offline state shared by the client, the refresh service and the
@@ -65,7 +65,6 @@ pub struct NetworkMonitor {
 struct Inner {
     state: watch::Sender<NetworkStatus>,
     consecutive_errors: AtomicU32,
-    threshold: AtomicU32,
     transitions: AtomicU32,
 }
 
@@ -76,7 +75,7 @@ impl Default for NetworkMonitor {
 }
 
 impl NetworkMonitor {
-    /// A monitor that starts online, going offline after 3 network errors in a row.
+    /// A monitor that starts online.
     pub fn new() -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -86,7 +85,6 @@ impl NetworkMonitor {
                     since: crate::rt::wall_now(),
                 }),
                 consecutive_errors: AtomicU32::new(0),
-                threshold: AtomicU32::new(3),
                 transitions: AtomicU32::new(0),
             }),
         }
@@ -122,11 +120,6 @@ impl NetworkMonitor {
         self.inner.transitions.load(Relaxed)
     }
 
-    /// Sets after how many network errors in a row the source counts as offline.
-    pub fn set_error_threshold(&self, errors: u32) {
-        self.inner.threshold.store(errors.max(1), Relaxed);
-    }
-
     /// Records the outcome of a probe of the source.
     pub fn probe_result(&self, reachable: bool) {
         if reachable {
@@ -135,10 +128,11 @@ impl NetworkMonitor {
         self.set(reachable, OfflineReason::Probe);
     }
 
-    /// Records a network-class failure; returns whether it took the state offline.
-    pub(crate) fn record_network_error(&self) -> bool {
+    /// Records a network-class failure; returns whether it took the state
+    /// offline, which `threshold` failures in a row do.
+    pub(crate) fn record_network_error(&self, threshold: u32) -> bool {
         let n = self.inner.consecutive_errors.fetch_add(1, Relaxed) + 1;
-        n >= self.inner.threshold.load(Relaxed) && self.set(false, OfflineReason::Errors)
+        n >= threshold.max(1) && self.set(false, OfflineReason::Errors)
     }
 
     /// Records that the source answered (with anything, even an error status).
@@ -187,9 +181,9 @@ mod tests {
     #[test]
     fn errors_trip_offline_and_success_restores() {
         let net = NetworkMonitor::new();
-        assert!(!net.record_network_error());
-        assert!(!net.record_network_error());
-        assert!(net.record_network_error());
+        assert!(!net.record_network_error(3));
+        assert!(!net.record_network_error(3));
+        assert!(net.record_network_error(3));
         assert!(!net.is_online());
         assert_eq!(net.status().reason, Some(OfflineReason::Errors));
         net.record_reachable();
@@ -211,8 +205,7 @@ mod tests {
     #[test]
     fn threshold_is_configurable() {
         let net = NetworkMonitor::new();
-        net.set_error_threshold(1);
-        assert!(net.record_network_error());
+        assert!(net.record_network_error(1));
         net.probe_result(true);
         assert!(net.is_online());
         assert_eq!(net.status().reason, None);

@@ -28,10 +28,12 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::client::{ChangeHook, QueryClient};
+use crate::client::{ChangeHook, QueryClient, Snapshot};
+use crate::fetch::FetchError;
 use crate::key::QueryKey;
 use crate::log::decision;
-use crate::store::record::{self, Record};
+use crate::rt::{from_unix_nanos, unix_nanos};
+use crate::store::record::{self, Record, StoredError};
 use crate::store::{Batch, Codec, JsonCodec, Store, StoreError};
 
 const BUSTER: &str = "buster";
@@ -205,7 +207,7 @@ impl<S: Store, C> Persistence<S, C> {
             return Ok(report);
         }
         let inner = &client.inner;
-        let now = SystemTime::now().max(inner.wall(inner.clock.now()));
+        let now = inner.clock().wall_now();
         let mut prune = Batch::default();
         for (k, v) in self.store.scan().await? {
             let decoded = record::key_of(&k)
@@ -223,7 +225,7 @@ impl<S: Store, C> Persistence<S, C> {
                     continue;
                 }
             };
-            let updated = record::unix(rec.updated_at_unix_nanos);
+            let updated = from_unix_nanos(rec.updated_at_unix_nanos);
             if now.duration_since(updated).unwrap_or_default() > self.options.max_age {
                 report.expired += 1;
                 prune.deletes.push(k);
@@ -238,7 +240,7 @@ impl<S: Store, C> Persistence<S, C> {
                     continue;
                 }
             };
-            if inner.restore(&key, value, updated, &rec) {
+            if inner.restore(&key, snapshot_of(value, updated, rec)) {
                 report.restored += 1;
             } else {
                 report.skipped += 1;
@@ -303,7 +305,7 @@ impl<S: Store, C> Persistence<S, C> {
     {
         let dirty = Arc::new(Dirty::default());
         let hook: Arc<dyn ChangeHook<V>> = dirty.clone();
-        if client.inner.hooks.set(hook).is_err() {
+        if !client.inner.attach_hook(hook) {
             return Err(StoreError::new(
                 crate::store::StoreErrorKind::Io,
                 None,
@@ -331,9 +333,38 @@ impl<S: Store, C> Persistence<S, C> {
     }
 }
 
-pub(crate) fn unix_nanos(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, crate::rt::duration_nanos)
+/// The client's snapshot of a persisted record.
+fn snapshot_of<V>(value: V, updated_at: SystemTime, rec: Record) -> Snapshot<V> {
+    Snapshot {
+        value: Arc::new(value),
+        version: rec.version,
+        updated_at,
+        invalidated: rec.invalidated,
+        errors: rec.errors,
+        last_error: rec.last_error.map(|e| {
+            (
+                FetchError::new(e.kind, e.message),
+                from_unix_nanos(e.at_unix_nanos),
+            )
+        }),
+    }
+}
+
+/// The record that persists a client's snapshot, and its value.
+fn record_of<V>(snapshot: Snapshot<V>) -> (Arc<V>, Record) {
+    let rec = Record {
+        version: snapshot.version,
+        updated_at_unix_nanos: unix_nanos(snapshot.updated_at),
+        invalidated: snapshot.invalidated,
+        errors: snapshot.errors,
+        last_error: snapshot.last_error.map(|(e, at)| StoredError {
+            kind: e.kind(),
+            at_unix_nanos: unix_nanos(at),
+            message: e.message().to_owned(),
+        }),
+        payload: Vec::new(),
+    };
+    (snapshot.value, rec)
 }
 
 /// Keys changed since the last flush: `true` to delete.
@@ -490,7 +521,7 @@ where
             }
             // An entry collected from memory since it changed keeps what
             // the store has (garbage collection does not delete).
-            let Some((value, mut rec)) = self.client.inner.record_of(key) else {
+            let Some((value, mut rec)) = self.client.inner.snapshot(key).map(record_of) else {
                 continue;
             };
             match self.codec.encode(key, &value) {

@@ -33,6 +33,35 @@ pub(crate) fn duration_nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
+/// Nanoseconds since the Unix epoch (0 before it, saturating far after).
+pub(crate) fn unix_nanos(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, duration_nanos)
+}
+
+/// The time `nanos` after the Unix epoch (the epoch for negative values).
+pub(crate) fn from_unix_nanos(nanos: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_nanos(u64::try_from(nanos).unwrap_or(0))
+}
+
+/// Milliseconds since the Unix epoch, for JSON.
+pub(crate) fn unix_millis(t: SystemTime) -> u64 {
+    u64::try_from(
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX)
+}
+
+/// The splitmix64 finaliser: a cheap, well-mixed 64-bit hash of `x`, for
+/// deterministic jitter (the same in every run and process).
+pub(crate) fn splitmix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// Where the engine reads the time.
 ///
 /// Every timestamp of a client comes from one source, chosen when the client
@@ -98,6 +127,13 @@ impl Clock {
         }
     }
 
+    /// The wall-clock time now, as the engine reckons it: the system's, or
+    /// the clock's own mapping when that is later (a paused test clock that
+    /// was advanced). Ages computed against it are never negative.
+    pub(crate) fn wall_now(self) -> SystemTime {
+        wall_now().max(self.wall_of(self.now()))
+    }
+
     pub(crate) fn stamp_of(self, wall: SystemTime) -> Stamp {
         match wall.duration_since(self.wall_origin) {
             Ok(after) => Stamp(duration_nanos(after)),
@@ -156,9 +192,12 @@ pub(crate) fn wall_now() -> SystemTime {
     SystemTime::now()
 }
 
-/// Sleeps until `deadline` on tokio's clock.
-pub(crate) async fn sleep_until(deadline: Instant) {
-    tokio::time::sleep_until(deadline).await;
+/// Sleeps until `deadline` on tokio's clock; forever without one.
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A ticker on tokio's clock. A tick that comes late (the loop was busy)

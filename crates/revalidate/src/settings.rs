@@ -34,6 +34,10 @@ pub struct RefreshSettings {
     pub retry_interval: Duration,
     /// Retries after a failure before waiting for the next natural due time. Default 3.
     pub max_retries: u32,
+    /// The longest wait before a retry that the source may ask for (an HTTP
+    /// `Retry-After`); longer requests are cut to this, so that a source
+    /// cannot switch a query off for good. Default 1 h.
+    pub max_retry_after: Duration,
     /// A query with no subscriber and no read for this long is not refreshed.
     /// Default 10 min.
     pub inactive_after: Duration,
@@ -61,6 +65,7 @@ impl Default for RefreshSettings {
             retry_failed_refresh: true,
             retry_interval: Duration::from_secs(60),
             max_retries: 3,
+            max_retry_after: Duration::from_secs(3600),
             inactive_after: Duration::from_secs(600),
             fetch_timeout: Duration::from_secs(30),
             jitter: 0.1,
@@ -79,6 +84,9 @@ pub struct SettingsError {
     /// What is wrong and what is accepted.
     pub problem: &'static str,
 }
+
+/// The jitter fractions that keep every due time in the future.
+pub(crate) const JITTER: std::ops::RangeInclusive<f64> = 0.0..=0.5;
 
 impl RefreshSettings {
     /// Checks that every field is usable.
@@ -106,7 +114,7 @@ impl RefreshSettings {
         if self.fetch_timeout.is_zero() {
             return err("fetch_timeout", "must be a positive duration");
         }
-        if !(0.0..=0.5).contains(&self.jitter) {
+        if !JITTER.contains(&self.jitter) {
             return err("jitter", "must be a fraction from 0.0 to 0.5");
         }
         if self.offline_after_errors == 0 {

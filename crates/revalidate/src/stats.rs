@@ -52,6 +52,7 @@ pub(crate) struct ResourceCounters {
     pub(crate) not_modified: AtomicU64,
     pub(crate) bad_data: AtomicU64,
     pub(crate) skipped_offline: AtomicU64,
+    pub(crate) adopted: AtomicU64,
     pub(crate) bytes: AtomicU64,
     pub(crate) refresh_nanos: AtomicU64,
     pub(crate) last_refresh_unix_nanos: AtomicU64,
@@ -77,6 +78,7 @@ impl ResourceCounters {
             not_modified: AtomicU64::new(0),
             bad_data: AtomicU64::new(0),
             skipped_offline: AtomicU64::new(0),
+            adopted: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             refresh_nanos: AtomicU64::new(0),
             last_refresh_unix_nanos: AtomicU64::new(0),
@@ -97,31 +99,35 @@ impl ResourceCounters {
     }
 
     /// Counts a finished fetch.
-    pub(crate) fn refreshed(&self, outcome: Outcome, took: Duration, bytes: u64, at: SystemTime) {
+    pub(crate) fn refreshed(&self, outcome: FetchEnd, took: Duration, bytes: u64, at: SystemTime) {
+        if matches!(outcome, FetchEnd::Adopted) {
+            self.adopted.fetch_add(1, Relaxed);
+            return;
+        }
+        metrics::histogram!("revalidate_refresh_duration_seconds", "resource" => self.name.to_string())
+            .record(took.as_secs_f64());
         self.refreshes.fetch_add(1, Relaxed);
         self.refresh_nanos
             .fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
         self.bytes.fetch_add(bytes, Relaxed);
         match outcome {
-            Outcome::Success => {
+            FetchEnd::Success => {
                 self.successes.fetch_add(1, Relaxed);
             }
-            Outcome::NotModified => {
+            FetchEnd::NotModified => {
                 self.successes.fetch_add(1, Relaxed);
                 self.not_modified.fetch_add(1, Relaxed);
             }
-            Outcome::Failure { bad_data } => {
+            FetchEnd::Failure { bad_data } => {
                 self.failures.fetch_add(1, Relaxed);
                 if bad_data {
                     self.bad_data.fetch_add(1, Relaxed);
                 }
             }
+            FetchEnd::Adopted => unreachable!("counted above"),
         }
-        let unix = at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
         self.last_refresh_unix_nanos
-            .fetch_max(u64::try_from(unix.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+            .fetch_max(crate::rt::unix_nanos(at).unsigned_abs(), Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> ResourceStats {
@@ -142,6 +148,7 @@ impl ResourceCounters {
             not_modified: self.not_modified.load(Relaxed),
             bad_data: self.bad_data.load(Relaxed),
             skipped_offline: self.skipped_offline.load(Relaxed),
+            adopted: self.adopted.load(Relaxed),
             bytes_fetched: self.bytes.load(Relaxed),
             total_refresh_time: Duration::from_nanos(nanos),
             last_refresh_time: match self.last_refresh_unix_nanos.load(Relaxed) {
@@ -155,10 +162,14 @@ impl ResourceCounters {
 
 /// How a fetch ended, for the counters.
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Outcome {
+pub(crate) enum FetchEnd {
     Success,
     NotModified,
-    Failure { bad_data: bool },
+    Failure {
+        bad_data: bool,
+    },
+    /// Not fetched: another node's value was adopted.
+    Adopted,
 }
 
 /// Cache hits and misses.
@@ -213,6 +224,9 @@ pub struct ResourceStats {
     pub bad_data: u64,
     /// Due refreshes not attempted because the network was offline.
     pub skipped_offline: u64,
+    /// Values taken from another node (through a
+    /// [`Coordinator`](crate::Coordinator)) instead of fetched from the source.
+    pub adopted: u64,
     /// Bytes transferred, as reported by the fetcher.
     pub bytes_fetched: u64,
     /// Total time spent in fetches.
@@ -236,6 +250,7 @@ impl ResourceStats {
         self.not_modified += o.not_modified;
         self.bad_data += o.bad_data;
         self.skipped_offline += o.skipped_offline;
+        self.adopted += o.adopted;
         self.bytes_fetched += o.bytes_fetched;
         self.total_refresh_time += o.total_refresh_time;
         self.last_refresh_time = self.last_refresh_time.max(o.last_refresh_time);
@@ -249,6 +264,18 @@ impl ResourceStats {
 /// A snapshot of the engine's statistics: the seed's `getStats()` and more.
 ///
 /// The top-level figures are the sums over [`resources`](Stats::resources).
+///
+/// [`QueryClient::publish_metrics`](crate::QueryClient::publish_metrics)
+/// publishes them through the [`metrics`] facade, each with its description:
+/// counters `revalidate_refreshes_total{resource,outcome}`,
+/// `revalidate_retries_total{resource}`,
+/// `revalidate_skipped_offline_total{resource}`,
+/// `revalidate_adopted_total{resource}`,
+/// `revalidate_cache_reads_total{resource,result}`,
+/// `revalidate_bytes_fetched_total{resource}`; gauges `revalidate_queries`,
+/// `revalidate_online`, `revalidate_fetches_in_flight`,
+/// `revalidate_fetch_limit`; and the histogram
+/// `revalidate_refresh_duration_seconds{resource}`, recorded as fetches end.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct Stats {
@@ -285,25 +312,95 @@ impl std::ops::Deref for Stats {
     }
 }
 
+/// The client-wide gauges published beside the per-resource counters.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Gauges {
+    pub(crate) queries: usize,
+    pub(crate) online: bool,
+    pub(crate) in_flight: usize,
+    pub(crate) limit: usize,
+}
+
+/// Publishes counters and gauges through the `metrics` facade, with their
+/// descriptions (Prometheus `# HELP`). Descriptions are set every time,
+/// which costs little and works whenever the recorder was installed.
+pub(crate) fn publish(resources: &BTreeMap<String, ResourceStats>, gauges: &Gauges) {
+    use metrics::{Unit, counter, describe_counter, describe_gauge, gauge};
+    describe_counter!(
+        "revalidate_refreshes_total",
+        "Fetches from the source, by resource and outcome (success, not_modified, failure)"
+    );
+    describe_counter!(
+        "revalidate_retries_total",
+        "Fetches that retried a failed refresh, by resource"
+    );
+    describe_counter!(
+        "revalidate_skipped_offline_total",
+        "Due refreshes and misses not fetched because the source was offline, by resource"
+    );
+    describe_counter!(
+        "revalidate_adopted_total",
+        "Values taken from another node instead of fetched from the source, by resource"
+    );
+    describe_counter!(
+        "revalidate_cache_reads_total",
+        "Reads, by resource and result (fresh, stale, miss)"
+    );
+    describe_counter!(
+        "revalidate_bytes_fetched_total",
+        Unit::Bytes,
+        "Bytes fetched from the source, by resource"
+    );
+    metrics::describe_histogram!(
+        "revalidate_refresh_duration_seconds",
+        Unit::Seconds,
+        "How long fetches from the source took, by resource"
+    );
+    describe_gauge!("revalidate_queries", "Queries in the cache");
+    describe_gauge!(
+        "revalidate_online",
+        "Whether the source counts as reachable (1) or offline (0)"
+    );
+    describe_gauge!(
+        "revalidate_fetches_in_flight",
+        "Requests to the source in flight now"
+    );
+    describe_gauge!(
+        "revalidate_fetch_limit",
+        "The most requests to the source in flight at once"
+    );
+    for (name, s) in resources {
+        let r = name.clone();
+        let outcome = |o: &'static str| counter!("revalidate_refreshes_total", "resource" => r.clone(), "outcome" => o);
+        outcome("success").absolute(s.successful_refreshes - s.not_modified);
+        outcome("not_modified").absolute(s.not_modified);
+        outcome("failure").absolute(s.failed_refreshes);
+        counter!("revalidate_retries_total", "resource" => r.clone()).absolute(s.retries);
+        counter!("revalidate_skipped_offline_total", "resource" => r.clone())
+            .absolute(s.skipped_offline);
+        counter!("revalidate_adopted_total", "resource" => r.clone()).absolute(s.adopted);
+        counter!("revalidate_bytes_fetched_total", "resource" => r.clone())
+            .absolute(s.bytes_fetched);
+        let read = |o: &'static str| counter!("revalidate_cache_reads_total", "resource" => r.clone(), "result" => o);
+        read("fresh").absolute(s.cache.fresh_hits);
+        read("stale").absolute(s.cache.stale_hits);
+        read("miss").absolute(s.cache.misses);
+    }
+    gauge!("revalidate_queries").set(gauges.queries as f64);
+    gauge!("revalidate_online").set(if gauges.online { 1.0 } else { 0.0 });
+    gauge!("revalidate_fetches_in_flight").set(gauges.in_flight as f64);
+    gauge!("revalidate_fetch_limit").set(gauges.limit as f64);
+}
+
 fn ser_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64() * 1000.0)
 }
 
 fn ser_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
     match t {
-        Some(t) => s.serialize_some(&unix_millis(*t)),
+        Some(t) => s.serialize_some(&crate::rt::unix_millis(*t)),
         None => s.serialize_none(),
     }
-}
-
-/// Milliseconds since the Unix epoch, for JSON.
-pub(crate) fn unix_millis(t: SystemTime) -> u64 {
-    u64::try_from(
-        t.duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis(),
-    )
-    .unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -337,16 +434,16 @@ mod tests {
     fn refresh_figures_aggregate() {
         let a = ResourceCounters::new("a");
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
-        a.refreshed(Outcome::Success, Duration::from_millis(100), 10, at);
+        a.refreshed(FetchEnd::Success, Duration::from_millis(100), 10, at);
         a.refreshed(
-            Outcome::Failure { bad_data: true },
+            FetchEnd::Failure { bad_data: true },
             Duration::from_millis(300),
             0,
             at,
         );
         let b = ResourceCounters::new("b");
         b.refreshed(
-            Outcome::NotModified,
+            FetchEnd::NotModified,
             Duration::from_millis(200),
             5,
             at + Duration::from_secs(1),

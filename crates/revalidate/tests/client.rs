@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use revalidate::{
-    FetchError, FetchStatus, Freshness, Policy, QueryClient, QueryFilter, QueryKey, Staleness,
+    FetchError, FetchStatus, Freshness, Policy, QueryClient, QueryFilter, QueryKey,
+    RefreshSettings, Staleness,
 };
 use serde_json::{Value, json};
 use support::{Fake, Step, key, settle};
@@ -22,9 +23,12 @@ fn client(fake: &Fake) -> QueryClient<Value> {
         .resource("system_health", Staleness::Always)
         .build()
         .unwrap();
+    let mut settings = RefreshSettings::default();
+    settings.max_concurrent_refreshes = 100;
     QueryClient::builder(fake.clone())
         .policy(policy)
-        .max_concurrent_fetches(100)
+        .settings(settings)
+        .unwrap()
         .build()
 }
 
@@ -362,8 +366,11 @@ async fn offline_misses_fail_at_once_and_cached_reads_go_on() {
 #[tokio::test(start_paused = true)]
 async fn a_fetch_that_never_answers_times_out() {
     let fake = Fake::new();
+    let mut settings = RefreshSettings::default();
+    settings.fetch_timeout = Duration::from_secs(5);
     let c = QueryClient::builder(fake.clone())
-        .fetch_timeout(Duration::from_secs(5))
+        .settings(settings)
+        .unwrap()
         .build();
     let k = key("a", Value::Null);
     fake.script(&k, [Step::Hang]);
@@ -426,8 +433,11 @@ async fn not_modified_keeps_the_value_and_counts_as_success() {
 #[tokio::test(start_paused = true)]
 async fn the_concurrency_limit_applies_to_reads() {
     let fake = Fake::new().latency(Duration::from_millis(300));
+    let mut settings = RefreshSettings::default();
+    settings.max_concurrent_refreshes = 3;
     let c = QueryClient::builder(fake.clone())
-        .max_concurrent_fetches(3)
+        .settings(settings)
+        .unwrap()
         .build();
     let reads = (0..20).map(|i| {
         let c = c.clone();
@@ -496,4 +506,38 @@ async fn the_change_feed_announces_every_real_change_of_any_query() {
         vec![(a.to_string(), 1), (b.to_string(), 1), (a.to_string(), 2)]
     );
     assert!(changes.try_recv().is_err(), "nothing more");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_clients_settings_are_its_own_and_a_service_changes_none_of_them() {
+    let fake = Fake::new();
+    let net = revalidate::NetworkMonitor::new();
+    let mut settings = RefreshSettings::default();
+    settings.offline_after_errors = 1;
+    settings.max_concurrent_refreshes = 7;
+    let c = QueryClient::builder(fake.clone())
+        .settings(settings.clone())
+        .unwrap()
+        .network(net.clone())
+        .build();
+    // One network error is this client's threshold, with no service running.
+    let k = key("a", Value::Null);
+    fake.script(&k, [Step::Err(FetchError::network("refused"))]);
+    assert!(c.get(&k).await.unwrap_err().is_network());
+    assert!(!net.is_online(), "offline after one error");
+    net.set_online(true);
+    let refresh = revalidate::BackgroundRefresh::new(&c).unwrap().start();
+    assert_eq!(
+        c.settings(),
+        &settings,
+        "attaching a service changes nothing"
+    );
+    refresh.shutdown().await;
+    assert_eq!(c.settings(), &settings);
+    let mut bad = RefreshSettings::default();
+    bad.max_concurrent_refreshes = 0;
+    let err = QueryClient::builder(fake.clone())
+        .settings(bad)
+        .unwrap_err();
+    assert_eq!(err.field, "max_concurrent_refreshes");
 }

@@ -44,13 +44,17 @@ async fn the_debug_log_shows_each_decision_in_the_seeds_style() {
         .resource("process", Staleness::mins(5))
         .build()
         .unwrap();
-    let c: QueryClient<Value> = QueryClient::builder(fake.clone()).policy(policy).build();
-    let k = key("process.list", Value::Null);
-    c.get(&k).await.unwrap();
     let mut s = RefreshSettings::default();
     s.jitter = 0.0;
     s.inactive_after = Duration::from_secs(86_400);
-    let refresh = BackgroundRefresh::new(&c, s).unwrap().start();
+    let c: QueryClient<Value> = QueryClient::builder(fake.clone())
+        .policy(policy)
+        .settings(s)
+        .unwrap()
+        .build();
+    let k = key("process.list", Value::Null);
+    c.get(&k).await.unwrap();
+    let refresh = BackgroundRefresh::new(&c).unwrap().start();
     sleep(Duration::from_secs(361)).await;
     fake.script(&k, [Step::Err(FetchError::failed("502 Bad Gateway"))]);
     c.invalidate(&k);

@@ -120,11 +120,15 @@ async fn after_a_restart_stale_queries_refresh_oldest_first_and_fresh_ones_do_no
     }
     advance(Duration::from_secs(60)).await;
     let fake = Fake::new();
-    let c = client(&fake);
-    Persistence::new(store.clone()).hydrate(&c).await.unwrap();
     let mut settings = RefreshSettings::default();
     settings.jitter = 0.0;
-    let refresh = BackgroundRefresh::new(&c, settings).unwrap().start();
+    let c = QueryClient::builder(fake.clone())
+        .policy(policy())
+        .settings(settings)
+        .unwrap()
+        .build();
+    Persistence::new(store.clone()).hydrate(&c).await.unwrap();
+    let refresh = BackgroundRefresh::new(&c).unwrap().start();
     sleep(Duration::from_secs(1)).await;
     assert_eq!(
         fake.call_keys(),

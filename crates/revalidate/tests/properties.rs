@@ -157,10 +157,6 @@ async fn scenario(ops: Vec<Op>, seed: u64) -> Result<(), TestCaseError> {
         .resource("node", Staleness::Never)
         .build()
         .unwrap();
-    let client: QueryClient<Val> = QueryClient::builder(source.clone())
-        .policy(policy)
-        .gc_time(Duration::from_secs(86_400 * 365))
-        .build();
     let mut settings = RefreshSettings::default();
     settings.check_interval = Duration::from_secs(1);
     settings.max_concurrent_refreshes = LIMIT;
@@ -169,9 +165,13 @@ async fn scenario(ops: Vec<Op>, seed: u64) -> Result<(), TestCaseError> {
     settings.fetch_timeout = FETCH_TIMEOUT;
     settings.inactive_after = Duration::from_secs(30);
     settings.jitter = 0.1;
-    let refresh = BackgroundRefresh::new(&client, settings.clone())
+    let client: QueryClient<Val> = QueryClient::builder(source.clone())
+        .policy(policy)
+        .settings(settings.clone())
         .unwrap()
-        .start();
+        .gc_time(Duration::from_secs(86_400 * 365))
+        .build();
+    let refresh = BackgroundRefresh::new(&client).unwrap().start();
     let keys = keys();
 
     // The model: the highest sequence number seen cached per key, and the

@@ -33,11 +33,19 @@ fn settings() -> RefreshSettings {
 }
 
 fn client(fake: &Fake) -> QueryClient<Value> {
-    QueryClient::builder(fake.clone()).policy(policy()).build()
+    client_with(fake, settings())
 }
 
-fn start(c: &QueryClient<Value>, s: RefreshSettings) -> RefreshHandle {
-    BackgroundRefresh::new(c, s).unwrap().start()
+fn client_with(fake: &Fake, s: RefreshSettings) -> QueryClient<Value> {
+    QueryClient::builder(fake.clone())
+        .policy(policy())
+        .settings(s)
+        .unwrap()
+        .build()
+}
+
+fn start(c: &QueryClient<Value>) -> RefreshHandle {
+    BackgroundRefresh::new(c).unwrap().start()
 }
 
 /// Fills `n` keys of `action` through reads (so they count as active).
@@ -50,19 +58,17 @@ async fn fill(c: &QueryClient<Value>, action: &str, n: usize) -> Vec<revalidate:
 #[tokio::test(start_paused = true)]
 async fn twenty_stale_queries_refresh_with_never_more_than_three_in_flight() {
     let fake = Fake::new().latency(Duration::from_millis(300));
-    let c = QueryClient::builder(fake.clone())
-        .policy(policy())
-        .max_concurrent_fetches(100)
-        .build();
+    let c = client(&fake);
     let keys = fill(&c, "process.list", 20).await;
     assert_eq!(fake.calls(), 20);
+    assert_eq!(fake.max_in_flight(), 3, "the client's limit bounds reads");
     fake.reset_counts();
     fake.constant(json!({ "refreshed": true }));
-    let refresh = start(&c, settings());
+    let refresh = start(&c);
     assert_eq!(
-        c.max_concurrent_fetches(),
+        c.settings().max_concurrent_refreshes,
         3,
-        "the service's limit applies to the client"
+        "starting a service changes none of the client's settings"
     );
     // Stale after 5 minutes, checked every 30 s: keep reading so they stay active.
     for _ in 0..11 {
@@ -88,7 +94,7 @@ async fn twelve_due_keys_of_one_action_go_out_in_three_batches() {
     let fake = Fake::new().combined_batches();
     let c = client(&fake);
     let keys = fill(&c, "process.list", 12).await;
-    let refresh = start(&c, settings());
+    let refresh = start(&c);
     sleep(Duration::from_secs(301)).await;
     for k in &keys {
         c.get_cached(k).unwrap();
@@ -119,7 +125,7 @@ async fn batches_count_once_against_the_limit_and_mix_no_actions() {
     let mut keys = fill(&c, "process.list", 7).await;
     keys.extend(fill(&c, "process.get", 3).await);
     c.invalidate(QueryFilter::All);
-    let refresh = start(&c, settings());
+    let refresh = start(&c);
     sleep(Duration::from_secs(3)).await;
     let batches = fake.batch_calls();
     assert_eq!(batches.len(), 3);
@@ -135,13 +141,13 @@ async fn batches_count_once_against_the_limit_and_mix_no_actions() {
 #[tokio::test(start_paused = true)]
 async fn an_hour_offline_makes_no_fetches_then_everything_catches_up_oldest_first() {
     let fake = Fake::new();
-    let c = client(&fake);
+    let mut s = settings();
+    s.inactive_after = Duration::from_secs(86_400);
+    let c = client_with(&fake, s);
     let mut keys = fill(&c, "notification.list", 3).await;
     sleep(Duration::from_secs(10)).await;
     keys.extend(fill(&c, "process.list", 3).await);
-    let mut s = settings();
-    s.inactive_after = Duration::from_secs(86_400);
-    let refresh = start(&c, s);
+    let refresh = start(&c);
     fake.reset_counts();
     c.network().set_online(false);
     sleep(Duration::from_secs(3600)).await;
@@ -177,14 +183,14 @@ async fn an_hour_offline_makes_no_fetches_then_everything_catches_up_oldest_firs
 #[tokio::test(start_paused = true)]
 async fn a_query_unread_for_inactive_after_is_not_refreshed() {
     let fake = Fake::new();
-    let c = client(&fake);
+    let mut s = settings();
+    s.inactive_after = Duration::from_secs(120);
+    let c = client_with(&fake, s);
     let read = key("notification.list", json!({"read": true}));
     let unread = key("notification.list", json!({"read": false}));
     c.get(&read).await.unwrap();
     c.get(&unread).await.unwrap();
-    let mut s = settings();
-    s.inactive_after = Duration::from_secs(120);
-    let refresh = start(&c, s);
+    let refresh = start(&c);
     for _ in 0..10 {
         sleep(Duration::from_secs(30)).await;
         c.get_cached(&read).unwrap();
@@ -216,13 +222,13 @@ async fn a_query_unread_for_inactive_after_is_not_refreshed() {
 #[tokio::test(start_paused = true)]
 async fn a_subscription_keeps_a_query_active_and_hears_only_changes() {
     let fake = Fake::new();
-    let c = client(&fake);
+    let mut s = settings();
+    s.inactive_after = Duration::from_secs(60);
+    let c = client_with(&fake, s);
     let k = key("notification.list", Value::Null);
     // Data changes on every other fetch.
     fake.respond(|_, n| Step::Ok(json!({ "v": n / 2 })));
-    let mut s = settings();
-    s.inactive_after = Duration::from_secs(60);
-    let refresh = start(&c, s);
+    let refresh = start(&c);
     let mut sub = c.subscribe(&k);
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -247,14 +253,14 @@ async fn a_subscription_keeps_a_query_active_and_hears_only_changes() {
 #[tokio::test(start_paused = true)]
 async fn never_refreshes_only_on_invalidation_and_always_at_every_check() {
     let fake = Fake::new();
-    let c = client(&fake);
+    let mut s = settings();
+    s.inactive_after = Duration::from_secs(86_400);
+    let c = client_with(&fake, s);
     let node = key("node.tree", Value::Null);
     let health = key("system_health", Value::Null);
     c.get(&node).await.unwrap();
     c.get(&health).await.unwrap();
-    let mut s = settings();
-    s.inactive_after = Duration::from_secs(86_400);
-    let refresh = start(&c, s);
+    let refresh = start(&c);
     sleep(Duration::from_secs(3600)).await;
     assert_eq!(fake.calls_for(&node), 1, "never stale by time");
     let checks = fake.calls_for(&health) - 1;
@@ -275,7 +281,7 @@ async fn invalidations_within_one_window_coalesce_into_one_refresh() {
     let fake = Fake::new();
     let c = client(&fake);
     let keys = fill(&c, "process.list", 3).await;
-    let refresh = start(&c, settings());
+    let refresh = start(&c);
     sleep(Duration::from_secs(1)).await;
     fake.reset_counts();
     // With no check in the last window, the first invalidation is served at once…
@@ -306,13 +312,13 @@ async fn invalidations_within_one_window_coalesce_into_one_refresh() {
 #[tokio::test(start_paused = true)]
 async fn a_failure_is_retried_with_exact_doubling_delays_then_waits_for_the_next_due_time() {
     let fake = Fake::new();
-    let c = client(&fake);
-    let k = key("process.list", Value::Null);
-    let first = c.get(&k).await.unwrap();
     let mut s = settings();
     s.check_interval = Duration::from_secs(1);
     s.inactive_after = Duration::from_secs(86_400);
-    let refresh = start(&c, s);
+    let c = client_with(&fake, s);
+    let k = key("process.list", Value::Null);
+    let first = c.get(&k).await.unwrap();
+    let refresh = start(&c);
     fake.respond(|_, _| Step::Err(FetchError::failed("500 Internal Server Error")));
     let t0 = Instant::now();
     sleep(Duration::from_secs(300 + 60 + 120 + 240 + 10)).await;
@@ -351,12 +357,12 @@ async fn a_failure_is_retried_with_exact_doubling_delays_then_waits_for_the_next
 #[tokio::test(start_paused = true)]
 async fn a_rejected_refresh_is_not_retried() {
     let fake = Fake::new();
-    let c = client(&fake);
-    let k = key("process.list", Value::Null);
-    c.get(&k).await.unwrap();
     let mut s = settings();
     s.inactive_after = Duration::from_secs(86_400);
-    let refresh = start(&c, s);
+    let c = client_with(&fake, s);
+    let k = key("process.list", Value::Null);
+    c.get(&k).await.unwrap();
+    let refresh = start(&c);
     fake.respond(|_, _| Step::Err(FetchError::rejected("403 Forbidden")));
     sleep(Duration::from_secs(300 + 290)).await;
     assert_eq!(fake.calls_for(&k), 2, "no retry for a permanent error");
@@ -372,13 +378,13 @@ async fn a_rejected_refresh_is_not_retried() {
 #[tokio::test(start_paused = true)]
 async fn a_fetch_that_never_returns_is_cut_off_and_nothing_stays_fetching() {
     let fake = Fake::new();
-    let c = client(&fake);
-    let k = key("process.list", Value::Null);
-    c.get(&k).await.unwrap();
     let mut s = settings();
     s.fetch_timeout = Duration::from_secs(10);
     s.inactive_after = Duration::from_secs(86_400);
-    let refresh = start(&c, s);
+    let c = client_with(&fake, s);
+    let k = key("process.list", Value::Null);
+    c.get(&k).await.unwrap();
+    let refresh = start(&c);
     fake.script(&k, [Step::Hang]);
     sleep(Duration::from_secs(301)).await;
     assert_eq!(c.state(&k).unwrap().status, FetchStatus::Fetching);
@@ -396,13 +402,13 @@ async fn a_fetch_that_never_returns_is_cut_off_and_nothing_stays_fetching() {
 #[tokio::test(start_paused = true)]
 async fn network_errors_trip_offline_and_the_probe_brings_it_back() {
     let fake = Fake::new();
-    let c = client(&fake);
+    let mut s = settings();
+    s.inactive_after = Duration::from_secs(86_400);
+    let c = client_with(&fake, s);
     let keys = fill(&c, "notification.list", 5).await;
     let reachable = Arc::new(Mutex::new(true));
     let probes = Arc::new(Mutex::new(0u32));
-    let mut s = settings();
-    s.inactive_after = Duration::from_secs(86_400);
-    let refresh = BackgroundRefresh::new(&c, s)
+    let refresh = BackgroundRefresh::new(&c)
         .unwrap()
         .with_probe(Duration::from_secs(5), {
             let reachable = reachable.clone();
@@ -443,12 +449,12 @@ async fn network_errors_trip_offline_and_the_probe_brings_it_back() {
 #[tokio::test(start_paused = true)]
 async fn without_a_probe_one_due_query_per_check_is_tried_while_offline_by_errors() {
     let fake = Fake::new();
-    let c = client(&fake);
-    let keys = fill(&c, "notification.list", 4).await;
     let mut s = settings();
     s.inactive_after = Duration::from_secs(86_400);
     s.retry_failed_refresh = false;
-    let refresh = start(&c, s);
+    let c = client_with(&fake, s);
+    let keys = fill(&c, "notification.list", 4).await;
+    let refresh = start(&c);
     fake.respond(|_, _| Step::Err(FetchError::network("connection refused")));
     sleep(Duration::from_secs(31)).await;
     assert!(!c.network().is_online());
@@ -475,12 +481,12 @@ async fn without_a_probe_one_due_query_per_check_is_tried_while_offline_by_error
 #[tokio::test(start_paused = true)]
 async fn shutdown_lets_in_flight_fetches_finish_within_the_grace_period() {
     let fake = Fake::new().latency(Duration::from_secs(2));
-    let c = client(&fake);
-    let k = key("system_health", Value::Null);
-    c.get(&k).await.unwrap();
     let mut s = settings();
     s.shutdown_grace = Duration::from_secs(5);
-    let refresh = start(&c, s);
+    let c = client_with(&fake, s);
+    let k = key("system_health", Value::Null);
+    c.get(&k).await.unwrap();
+    let refresh = start(&c);
     sleep(Duration::from_secs(31)).await;
     assert_eq!(c.state(&k).unwrap().status, FetchStatus::Fetching);
     let version = c.state(&k).unwrap().version;
@@ -497,12 +503,12 @@ async fn shutdown_lets_in_flight_fetches_finish_within_the_grace_period() {
 #[tokio::test(start_paused = true)]
 async fn shutdown_cancels_what_does_not_finish_and_leaves_the_cache_as_it_was() {
     let fake = Fake::new();
-    let c = client(&fake);
-    let k = key("system_health", Value::Null);
-    c.get(&k).await.unwrap();
     let mut s = settings();
     s.shutdown_grace = Duration::from_secs(1);
-    let refresh = start(&c, s);
+    let c = client_with(&fake, s);
+    let k = key("system_health", Value::Null);
+    c.get(&k).await.unwrap();
+    let refresh = start(&c);
     sleep(Duration::from_secs(1)).await;
     let before = c.get_cached(&k).unwrap();
     fake.script(&k, [Step::Hang]);
@@ -517,7 +523,7 @@ async fn shutdown_cancels_what_does_not_finish_and_leaves_the_cache_as_it_was() 
     assert_eq!(state.error_count, 0, "a cancelled fetch is not a failure");
     // The client goes on working, and a new service can attach.
     assert!(c.refetch(&k).await.is_ok());
-    let again = start(&c, settings());
+    let again = start(&c);
     again.shutdown().await;
 }
 
@@ -527,8 +533,8 @@ async fn one_service_per_client_and_dropping_the_handle_stops_it() {
     let c = client(&fake);
     let k = key("system_health", Value::Null);
     c.get(&k).await.unwrap();
-    let refresh = start(&c, settings());
-    let err = BackgroundRefresh::new(&c, settings()).unwrap_err();
+    let refresh = start(&c);
+    let err = BackgroundRefresh::new(&c).unwrap_err();
     assert!(err.is_already_running());
     sleep(Duration::from_secs(61)).await;
     let calls = fake.calls();
@@ -537,7 +543,7 @@ async fn one_service_per_client_and_dropping_the_handle_stops_it() {
     sleep(Duration::from_secs(600)).await;
     assert_eq!(fake.calls(), calls, "stopped");
     assert!(
-        BackgroundRefresh::new(&c, settings()).is_ok(),
+        BackgroundRefresh::new(&c).is_ok(),
         "detached: another may attach"
     );
 }
@@ -548,7 +554,7 @@ async fn the_service_runs_as_a_plain_future_too() {
     let c = client(&fake);
     let k = key("system_health", Value::Null);
     c.get(&k).await.unwrap();
-    let service = BackgroundRefresh::new(&c, settings()).unwrap();
+    let service = BackgroundRefresh::new(&c).unwrap();
     let controller = service.controller();
     let task = tokio::spawn(service.run());
     sleep(Duration::from_secs(61)).await;
@@ -562,14 +568,14 @@ async fn the_service_runs_as_a_plain_future_too() {
 #[tokio::test(start_paused = true)]
 async fn jitter_spreads_queries_loaded_together() {
     let fake = Fake::new();
-    let c = client(&fake);
-    let keys = fill(&c, "process.list", 40).await;
     let mut s = settings();
     s.jitter = 0.2;
     s.check_interval = Duration::from_secs(1);
     s.inactive_after = Duration::from_secs(86_400);
+    let c = client_with(&fake, s);
+    let keys = fill(&c, "process.list", 40).await;
     let t0 = Instant::now();
-    let refresh = start(&c, s);
+    let refresh = start(&c);
     sleep(Duration::from_secs(400)).await;
     let mut firsts: Vec<u64> = keys
         .iter()
@@ -593,7 +599,7 @@ async fn queries_without_data_that_are_subscribed_get_fetched() {
     let fake = Fake::new();
     let c = client(&fake);
     let k = key("process.list", Value::Null);
-    let refresh = start(&c, settings());
+    let refresh = start(&c);
     let mut sub = c.subscribe(&k);
     let first = tokio::time::timeout(Duration::from_secs(31), sub.next())
         .await
@@ -606,12 +612,12 @@ async fn queries_without_data_that_are_subscribed_get_fetched() {
 #[tokio::test(start_paused = true)]
 async fn stats_have_the_seeds_fields_and_a_per_resource_breakdown() {
     let fake = Fake::new().latency(Duration::from_millis(200));
-    let c = client(&fake);
-    let p = fill(&c, "process.list", 2).await;
-    let n = fill(&c, "notification.list", 3).await;
     let mut s = settings();
     s.inactive_after = Duration::from_secs(86_400);
-    let refresh = start(&c, s);
+    let c = client_with(&fake, s);
+    let p = fill(&c, "process.list", 2).await;
+    let n = fill(&c, "notification.list", 3).await;
+    let refresh = start(&c);
     fake.script(&n[0], [Step::Err(FetchError::failed("boom"))]);
     sleep(Duration::from_secs(31)).await;
     for k in p.iter().chain(&n) {

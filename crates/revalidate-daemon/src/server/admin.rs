@@ -155,7 +155,7 @@ pub(crate) fn stats_json(state: &AppState) -> Value {
         map.insert("in_flight".into(), json!(state.client.fetches_in_flight()));
         map.insert(
             "max_concurrent_refreshes".into(),
-            json!(state.client.max_concurrent_fetches()),
+            json!(state.client.settings().max_concurrent_refreshes),
         );
         map.insert(
             "bytes_saved".into(),

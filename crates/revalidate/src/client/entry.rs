@@ -19,13 +19,14 @@ use super::cell::DataCell;
 use crate::fetch::FetchError;
 use crate::policy::Staleness;
 use crate::rt::Stamp;
+use crate::schedule::Slot;
+use crate::schedule::due::{Facts, Failing};
 use crate::stats::ResourceCounters;
 
 /// What the map knows about one action: its staleness limit and the
 /// counters of its resource. Shared by every key of the action.
 #[derive(Debug)]
 pub(crate) struct ActionInfo {
-    pub(crate) name: Arc<str>,
     pub(crate) staleness: Staleness,
     /// `staleness` in nanoseconds; `i64::MAX` for never, 0 for always.
     limit_nanos: i64,
@@ -33,17 +34,25 @@ pub(crate) struct ActionInfo {
 }
 
 impl ActionInfo {
-    pub(crate) fn new(name: &str, staleness: Staleness, counters: Arc<ResourceCounters>) -> Self {
+    pub(crate) fn new(staleness: Staleness, counters: Arc<ResourceCounters>) -> Self {
         let limit_nanos = staleness
             .limit()
             .map_or(i64::MAX, crate::rt::duration_nanos);
         Self {
-            name: name.into(),
             staleness,
             limit_nanos,
             counters,
         }
     }
+}
+
+/// Where a stored value's version comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Versioning {
+    /// Numbered here: a change bumps the version by one.
+    Local,
+    /// Given from outside (a coordinator): stored only if not older.
+    Given(u64),
 }
 
 /// The result a fetch hands to the readers waiting on it.
@@ -136,11 +145,11 @@ pub(crate) struct Entry<V> {
     /// When the data was last stored or confirmed; `i64::MIN` without data.
     updated_at: AtomicI64,
     last_read: AtomicI64,
-    /// Data version: bumped on every change of the value.
+    /// Data version: bumped on every change of the value, or set from
+    /// outside (a coordinator), and never lowered.
     version: AtomicU64,
-    /// The earliest due time the refresh schedule holds for this entry
-    /// (`i64::MAX`: none); lets the schedule delete lazily.
-    pub(crate) queued_due: AtomicI64,
+    /// Its standing with the refresh schedule.
+    pub(crate) slot: Slot,
     /// Distinguishes this entry from an earlier one under the same key.
     pub(crate) generation: u32,
     /// Consecutive failed fetches.
@@ -160,7 +169,7 @@ impl<V> Entry<V> {
             updated_at: AtomicI64::new(i64::MIN),
             last_read: AtomicI64::new(now.0),
             version: AtomicU64::new(0),
-            queued_due: AtomicI64::new(i64::MAX),
+            slot: Slot::new(),
             generation: GENERATION.fetch_add(1, Relaxed),
             errors: AtomicU32::new(0),
             invalidations: AtomicU32::new(0),
@@ -214,11 +223,6 @@ impl<V> Entry<V> {
         self.errors.load(Relaxed)
     }
 
-    /// The last failure, while the entry is failing.
-    pub(crate) fn last_error(&self) -> Option<ErrorRecord> {
-        self.lock().get().and_then(|c| c.last_error.clone())
-    }
-
     pub(crate) fn invalidations(&self) -> u32 {
         self.invalidations.load(Acquire)
     }
@@ -254,20 +258,29 @@ impl<V> Entry<V> {
         self.flags.fetch_or(INVALIDATED, Relaxed);
     }
 
-    /// Stores `value` (if it differs) and marks the data updated at `now`.
-    /// Returns the value now cached and whether it changed. `validated`
-    /// clears the invalidated mark (the data is known current).
+    /// Stores `value` (if it differs) and marks the data updated at `at`.
+    /// Returns the value now cached and whether it changed, or `None`,
+    /// touching nothing, when `version` comes from outside and is older than
+    /// the entry's. `validated` clears the invalidated mark (the data is
+    /// known current).
     pub(crate) fn store(
         &self,
         w: &mut Locked<'_, V>,
         value: Option<V>,
-        now: Stamp,
+        at: Stamp,
         validated: bool,
+        version: Versioning,
         guard: &impl Guard,
-    ) -> (Option<Arc<V>>, bool)
+    ) -> Option<(Option<Arc<V>>, bool)>
     where
         V: PartialEq,
     {
+        let held = self.version.load(Acquire);
+        if let Versioning::Given(v) = version
+            && v < held
+        {
+            return None;
+        }
         let current = self.data.load(guard);
         let (cached, changed) = match (value, current) {
             (Some(new), Some(cur)) if *cur == new => (Some(cur), false),
@@ -278,17 +291,22 @@ impl<V> Entry<V> {
             }
             (None, cur) => (cur, false),
         };
-        self.updated_at.store(now.0, Relaxed);
+        self.updated_at.store(at.0, Relaxed);
         if validated {
             self.flags.fetch_and(!INVALIDATED, Relaxed);
         }
-        if changed {
-            let v = self.version.fetch_add(1, AcqRel) + 1;
-            if let Some(tx) = w.get().and_then(|c| c.changes.as_ref()) {
-                tx.send_replace(v);
-            }
+        let next = match version {
+            Versioning::Given(v) => v,
+            Versioning::Local if changed => held + 1,
+            Versioning::Local => held,
+        };
+        if next != held {
+            self.version.store(next, Release);
         }
-        (cached, changed)
+        if changed && let Some(tx) = w.get().and_then(|c| c.changes.as_ref()) {
+            tx.send_replace(next);
+        }
+        Some((cached, changed))
     }
 
     /// Restores persisted state into a fresh entry.
@@ -320,6 +338,27 @@ impl<V> Entry<V> {
             invalidations,
         });
         self.errors.fetch_add(1, Relaxed) + 1
+    }
+
+    /// What the due-time rule needs to know of this entry.
+    pub(crate) fn facts<'w>(&self, w: &'w Locked<'_, V>) -> Facts<'w> {
+        let failing = match (self.errors(), w.get().and_then(|c| c.last_error.as_ref())) {
+            (0, _) | (_, None) => None,
+            (attempt, Some(e)) => Some(Failing {
+                attempt,
+                error: &e.error,
+                at: e.at,
+                invalidations: e.invalidations,
+            }),
+        };
+        Facts {
+            staleness: self.action.staleness,
+            updated_at: self.updated_at(),
+            version: self.version(),
+            invalidated: self.is_invalidated(),
+            invalidations: self.invalidations(),
+            failing,
+        }
     }
 
     /// Restores a persisted error count and error.

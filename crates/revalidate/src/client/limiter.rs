@@ -1,9 +1,8 @@
 //! The concurrency limit on requests to the source.
 //!
-//! A semaphore whose size can change while permits are out: the refresh
-//! service sets it from its settings when it starts. Shrinking forgets the
-//! permits that are free and records the rest as debt, paid by forgetting
-//! permits as they come back, so the limit holds at every moment.
+//! A semaphore, plus a count of the permits out so that dashboards can show
+//! how many requests are in flight. A permit lives as long as its request:
+//! dropping it (the request ended, or its future was cancelled) gives it back.
 
 use std::sync::atomic::{AtomicUsize, Ordering::*};
 
@@ -12,8 +11,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 #[derive(Debug)]
 pub(crate) struct Limiter {
     sem: Semaphore,
-    limit: AtomicUsize,
-    debt: AtomicUsize,
+    limit: usize,
     in_flight: AtomicUsize,
 }
 
@@ -21,7 +19,7 @@ pub(crate) struct Limiter {
 #[derive(Debug)]
 pub(crate) struct Permit<'a> {
     limiter: &'a Limiter,
-    permit: Option<SemaphorePermit<'a>>,
+    _permit: SemaphorePermit<'a>,
 }
 
 impl Limiter {
@@ -29,8 +27,7 @@ impl Limiter {
         let limit = limit.max(1);
         Self {
             sem: Semaphore::new(limit),
-            limit: AtomicUsize::new(limit),
-            debt: AtomicUsize::new(0),
+            limit,
             in_flight: AtomicUsize::new(0),
         }
     }
@@ -44,7 +41,7 @@ impl Limiter {
         self.in_flight.fetch_add(1, Relaxed);
         Permit {
             limiter: self,
-            permit: Some(permit),
+            _permit: permit,
         }
     }
 
@@ -54,43 +51,13 @@ impl Limiter {
     }
 
     pub(crate) fn limit(&self) -> usize {
-        self.limit.load(Relaxed)
-    }
-
-    pub(crate) fn resize(&self, new: usize) {
-        let new = new.max(1);
-        let old = self.limit.swap(new, AcqRel);
-        if new > old {
-            let mut grow = new - old;
-            // Cancel debt first: those permits were never given back.
-            let _ = self.debt.fetch_update(AcqRel, Acquire, |d| {
-                let paid = d.min(grow);
-                grow -= paid;
-                Some(d - paid)
-            });
-            self.sem.add_permits(grow);
-        } else if new < old {
-            let shrink = old - new;
-            let forgotten = self.sem.forget_permits(shrink);
-            self.debt.fetch_add(shrink - forgotten, AcqRel);
-        }
+        self.limit
     }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         self.limiter.in_flight.fetch_sub(1, Relaxed);
-        let Some(permit) = self.permit.take() else {
-            return;
-        };
-        let paid = self
-            .limiter
-            .debt
-            .fetch_update(AcqRel, Acquire, |d| d.checked_sub(1))
-            .is_ok();
-        if paid {
-            permit.forget();
-        }
     }
 }
 
@@ -99,25 +66,17 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn shrinking_holds_the_new_limit_once_permits_return() {
-        let l = Limiter::new(3);
+    async fn permits_are_bounded_and_counted() {
+        let l = Limiter::new(2);
         let a = l.acquire().await;
         let b = l.acquire().await;
-        l.resize(1);
-        assert_eq!(l.limit(), 1);
+        assert_eq!(l.in_flight(), 2);
+        assert!(l.sem.try_acquire().is_err(), "no third permit");
         drop(a);
-        drop(b);
+        assert_eq!(l.in_flight(), 1);
         let c = l.acquire().await;
-        assert!(
-            l.sem.try_acquire().is_err(),
-            "only one permit may exist now"
-        );
-        drop(c);
-        l.resize(4);
-        let held: Vec<_> = futures::future::join_all((0..4).map(|_| l.acquire())).await;
-        assert_eq!(l.in_flight(), 4);
-        assert!(l.sem.try_acquire().is_err());
-        drop(held);
+        drop((b, c));
         assert_eq!(l.in_flight(), 0);
+        assert_eq!(Limiter::new(0).limit(), 1, "a limit of 0 would never fetch");
     }
 }

@@ -297,6 +297,9 @@ fn read_refresh(t: &Table<'_>) -> RefreshSettings {
             None => {}
         }
     }
+    if let Some(d) = t.duration("max_retry_after") {
+        s.max_retry_after = d;
+    }
     if let Some(d) = t.duration("inactive_after") {
         s.inactive_after = d;
     }
@@ -305,7 +308,7 @@ fn read_refresh(t: &Table<'_>) -> RefreshSettings {
     }
     if let Some(item) = t.item("jitter") {
         match item.as_number() {
-            Some(j) if (0.0..=0.5).contains(&j) => s.jitter = j,
+            Some(j) if crate::settings::JITTER.contains(&j) => s.jitter = j,
             Some(_) => {
                 item.invalid::<()>(
                     "a fraction from 0.0 to 0.5 (0.1 spreads due times by ±10 %)",

@@ -1,11 +1,12 @@
 //! The executor: turns due work into jobs (single fetches or batches) and
-//! runs them under the client's concurrency limit.
+//! runs each through the client's leases.
 //!
-//! A job holds the flight of every key it fetches (so a reader of the same
-//! key joins it instead of fetching again), waits for one permit of the
-//! limit per request it sends, fetches with the timeout, and stores the
-//! results. Dropping a job (shutdown) before it completes leaves every entry
-//! as it was: a result is applied in one synchronous step, never half.
+//! A job leases every key it fetches ([`Inner::lease`]: readers of the key
+//! then join it instead of fetching again) and hands the leases to
+//! [`Inner::fetch`] or [`Inner::fetch_batch`], which take one permit of the
+//! limit per request, fetch within the timeout and apply the results.
+//! Dropping a job (shutdown) before it completes leaves every entry as it
+//! was: a result is applied in one synchronous step, never half.
 
 use std::collections::HashMap;
 use std::collections::VecDeque;
@@ -13,11 +14,11 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-use crate::client::{Inner, Lease};
-use crate::fetch::{Batching, FetchError, FetchRequest};
+use crate::client::{Inner, Lease, NoLease, Purpose, Ran};
+use crate::fetch::Batching;
 use crate::log::decision;
 use crate::refresh::monitor::Work;
-use crate::rt::{self, compact_duration};
+use crate::rt::compact_duration;
 
 /// One request's worth of work.
 #[derive(Debug)]
@@ -105,28 +106,32 @@ async fn run_single<V: PartialEq + Send + Sync + 'static>(
     trial: bool,
 ) -> JobReport {
     let mut report = JobReport::default();
-    // One fetch per key: if a reader is fetching it already, that fetch
-    // will do, and it reschedules the key when it completes.
-    let Some(lease) = inner.try_lead(&work.key, work.generation) else {
-        return report;
+    let purpose = if trial {
+        Purpose::Trial
+    } else {
+        Purpose::Refresh
     };
-    let permit = inner.limiter.acquire().await;
-    if !trial && !inner.network.is_online() {
-        drop(lease);
-        report.deferred.push(work);
-        return report;
-    }
+    let lease = match inner.lease(&work.key, work.generation, purpose) {
+        Ok(lease) => lease,
+        Err(NoLease::Offline) => {
+            report.deferred.push(work);
+            return report;
+        }
+        // One fetch per key: if a reader is fetching it already, that
+        // fetch will do, and it reschedules the key when it completes.
+        Err(NoLease::InFlight | NoLease::Gone) => return report,
+    };
     decision!("🔄 refreshing {}", work.key);
-    let started = inner.clock.now();
-    let result = inner.fetch_one(lease.request()).await;
-    drop(permit);
-    let took = inner.clock.now().since(started);
-    match inner.complete(lease, result, started) {
-        Ok(_) => {
+    match inner.fetch(lease).await {
+        Ran::Done {
+            result: Ok(_),
+            took,
+        } => {
             decision!("✅ refreshed {} in {}", work.key, compact_duration(took));
             report.succeeded += 1;
         }
-        Err(_) => report.failed += 1,
+        Ran::Done { result: Err(_), .. } => report.failed += 1,
+        Ran::Deferred => report.deferred.push(work),
     }
     report
 }
@@ -136,56 +141,42 @@ async fn run_batch<V: PartialEq + Send + Sync + 'static>(
     works: Vec<Work>,
 ) -> JobReport {
     let mut report = JobReport::default();
-    let (leases, works): (Vec<Lease<V>>, Vec<Work>) = works
-        .into_iter()
-        .filter_map(|w| inner.try_lead(&w.key, w.generation).map(|l| (l, w)))
-        .unzip();
-    let Some(first) = works.first() else {
-        return report;
-    };
-    let action = first.key.action().to_owned();
-    let permit = inner.limiter.acquire().await;
-    if !inner.network.is_online() {
-        drop(leases);
-        report.deferred = works;
-        return report;
-    }
-    decision!("🔄 refreshing {} × {action} in one batch", leases.len());
-    let started = inner.clock.now();
-    let limit = inner.fetch_timeout();
-    let results = {
-        let requests: Vec<FetchRequest<'_, V>> = leases.iter().map(Lease::request).collect();
-        rt::timeout(limit, inner.fetcher.fetch_batch(&requests)).await
-    };
-    drop(permit);
-    let n = leases.len();
-    let results: Vec<Result<_, FetchError>> = match results {
-        Some(rs) if rs.len() == n => rs,
-        Some(rs) => {
-            let e = FetchError::bad_data(format!(
-                "the batch answered {} results for {n} keys",
-                rs.len()
-            ));
-            (0..n).map(|_| Err(e.clone())).collect()
-        }
-        None => {
-            let e = FetchError::timeout(format!("no answer within {}", compact_duration(limit)));
-            (0..n).map(|_| Err(e.clone())).collect()
-        }
-    };
-    let took = inner.clock.now().since(started);
-    for (lease, result) in leases.into_iter().zip(results) {
-        match inner.complete(lease, result, started) {
-            Ok(_) => report.succeeded += 1,
-            Err(_) => report.failed += 1,
+    let mut leased: Vec<(Lease<V>, Work)> = Vec::with_capacity(works.len());
+    for w in works {
+        match inner.lease(&w.key, w.generation, Purpose::Refresh) {
+            Ok(lease) => leased.push((lease, w)),
+            Err(NoLease::Offline) => report.deferred.push(w),
+            Err(NoLease::InFlight | NoLease::Gone) => {}
         }
     }
-    decision!(
-        "✅ refreshed {} × {action} in {} ({} failed)",
-        report.succeeded,
-        compact_duration(took),
-        report.failed
-    );
+    let Some((first, _)) = leased.first() else {
+        return report;
+    };
+    let action = first.key().action().to_owned();
+    let n = leased.len();
+    decision!("🔄 refreshing {n} × {action} in one batch");
+    let (leases, works): (Vec<Lease<V>>, Vec<Work>) = leased.into_iter().unzip();
+    let mut took = std::time::Duration::ZERO;
+    for (ran, work) in inner.fetch_batch(leases).await.into_iter().zip(works) {
+        match ran {
+            Ran::Done { result, took: t } => {
+                took = took.max(t);
+                match result {
+                    Ok(_) => report.succeeded += 1,
+                    Err(_) => report.failed += 1,
+                }
+            }
+            Ran::Deferred => report.deferred.push(work),
+        }
+    }
+    if report.succeeded + report.failed > 0 {
+        decision!(
+            "✅ refreshed {} × {action} in {} ({} failed)",
+            report.succeeded,
+            compact_duration(took),
+            report.failed
+        );
+    }
     report
 }
 

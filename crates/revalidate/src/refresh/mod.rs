@@ -22,7 +22,6 @@
 
 pub(crate) mod executor;
 pub(crate) mod monitor;
-pub(crate) mod plan;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -38,7 +37,6 @@ use tokio::task::JoinHandle;
 
 use crate::client::{Inner, QueryClient};
 use crate::log::decision;
-use crate::settings::{RefreshSettings, SettingsError};
 use crate::stats::Stats;
 use executor::{Job, JobReport};
 use monitor::{CheckReport, Monitor, Work};
@@ -47,9 +45,6 @@ use monitor::{CheckReport, Monitor, Work};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RefreshError {
-    /// A setting cannot work.
-    #[error(transparent)]
-    Settings(#[from] SettingsError),
     /// Another refresh service is already attached to this client.
     #[error("a refresh service is already running for this client; shut it down first")]
     AlreadyRunning,
@@ -104,7 +99,7 @@ impl RefreshController {
 /// The background refresh service for one [`QueryClient`].
 ///
 /// ```
-/// use revalidate::{fetcher_fn, BackgroundRefresh, FetchError, QueryClient, QueryKey, RefreshSettings};
+/// use revalidate::{fetcher_fn, BackgroundRefresh, FetchError, QueryClient, QueryKey};
 ///
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// let client: QueryClient<String> = QueryClient::builder(fetcher_fn(|key: QueryKey| async move {
@@ -112,7 +107,7 @@ impl RefreshController {
 /// }))
 /// .build();
 ///
-/// let refresh = BackgroundRefresh::new(&client, RefreshSettings::default())?.start();
+/// let refresh = BackgroundRefresh::new(&client)?.start();
 /// // … the application reads through `client` as before …
 /// refresh.shutdown().await;
 /// # Ok::<(), revalidate::RefreshError>(())
@@ -121,7 +116,6 @@ impl RefreshController {
 #[must_use = "a refresh service does nothing until it is started or run"]
 pub struct BackgroundRefresh<V: PartialEq + Send + Sync + 'static> {
     inner: Arc<Inner<V>>,
-    settings: Arc<RefreshSettings>,
     control: Arc<Control>,
     probe: Option<(Duration, ProbeFn)>,
     /// Whether this value still owns the client's schedule (detaches on drop).
@@ -131,41 +125,30 @@ pub struct BackgroundRefresh<V: PartialEq + Send + Sync + 'static> {
 impl<V: PartialEq + Send + Sync + 'static> std::fmt::Debug for BackgroundRefresh<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BackgroundRefresh")
-            .field("settings", &self.settings)
+            .field("settings", self.inner.settings())
             .field("probe", &self.probe.as_ref().map(|p| p.0))
             .finish_non_exhaustive()
     }
 }
 
 impl<V: PartialEq + Send + Sync + 'static> BackgroundRefresh<V> {
-    /// Attaches a refresh service to `client` with `settings`.
-    ///
-    /// The settings apply to the client as a whole: its concurrency limit
-    /// becomes `max_concurrent_refreshes` (for reads too), its fetch timeout
-    /// `fetch_timeout`, and its network monitor goes offline after
-    /// `offline_after_errors` network errors in a row.
+    /// Attaches a refresh service to `client`. It follows the client's
+    /// [`RefreshSettings`](crate::RefreshSettings) (set when the client was
+    /// built, and never changed by the service): it checks every
+    /// `check_interval`, batches up to `batch_size`, retries per the retry
+    /// settings, and keeps fresh the queries active within `inactive_after`.
     ///
     /// # Errors
     ///
-    /// Invalid settings, or another service already attached to the client.
-    pub fn new(client: &QueryClient<V>, settings: RefreshSettings) -> Result<Self, RefreshError> {
-        settings.validate()?;
+    /// Another service already attached to the client.
+    pub fn new(client: &QueryClient<V>) -> Result<Self, RefreshError> {
         let inner = client.inner.clone();
-        if !inner.schedule.enable() {
+        if !inner.schedule().enable() {
             return Err(RefreshError::AlreadyRunning);
         }
-        let settings = Arc::new(settings);
-        inner.refresh.store(Some(settings.clone()));
-        inner.limiter.resize(settings.max_concurrent_refreshes);
-        inner.set_fetch_timeout(settings.fetch_timeout);
-        inner.set_inactive_after(settings.inactive_after);
-        inner
-            .network
-            .set_error_threshold(settings.offline_after_errors);
-        Monitor::new(inner.clone(), settings.clone()).seed(inner.clock.now());
+        inner.seed_schedule(inner.clock().now());
         Ok(Self {
             inner,
-            settings,
             control: Arc::default(),
             probe: None,
             attached: true,
@@ -216,9 +199,8 @@ impl<V: PartialEq + Send + Sync + 'static> BackgroundRefresh<V> {
     /// It completes after [`RefreshController::stop`] (or when dropped).
     pub async fn run(mut self) {
         let mut service = Service {
-            monitor: Monitor::new(self.inner.clone(), self.settings.clone()),
+            monitor: Monitor::new(self.inner.clone()),
             inner: self.inner.clone(),
-            settings: self.settings.clone(),
             control: self.control.clone(),
             queue: VecDeque::new(),
             running: FuturesUnordered::new(),
@@ -231,10 +213,9 @@ impl<V: PartialEq + Send + Sync + 'static> BackgroundRefresh<V> {
 
     fn detach(&mut self) {
         if std::mem::take(&mut self.attached) {
-            self.inner.refresh.store(None);
-            self.inner.schedule.disable();
-            self.inner.schedule.clear();
-            self.inner.set_inactive_after(Duration::ZERO);
+            let schedule = self.inner.schedule();
+            schedule.disable();
+            schedule.clear();
         }
     }
 }
@@ -293,7 +274,6 @@ impl Drop for RefreshHandle {
 /// The running loop's state.
 struct Service<V: PartialEq + Send + Sync + 'static> {
     inner: Arc<Inner<V>>,
-    settings: Arc<RefreshSettings>,
     control: Arc<Control>,
     monitor: Monitor<V>,
     /// Jobs waiting for their turn, in order of service.
@@ -306,7 +286,7 @@ struct Service<V: PartialEq + Send + Sync + 'static> {
 
 impl<V: PartialEq + Send + Sync + 'static> Service<V> {
     async fn run(&mut self, probe: Option<(Duration, ProbeFn)>) {
-        let settings = self.settings.clone();
+        let settings = self.inner.settings().clone();
         decision!(
             "🚀 background refresh started: check every {}, {} at once, batches of {}",
             crate::rt::compact_duration(settings.check_interval),
@@ -317,8 +297,8 @@ impl<V: PartialEq + Send + Sync + 'static> Service<V> {
         // Housekeeping (garbage collection, metrics, trials while offline)
         // runs once per window whether anything is due or not.
         let mut housekeeping = crate::rt::interval(window);
-        let mut network = self.inner.network.watch();
-        let mut was_online = self.inner.network.is_online();
+        let mut network = self.inner.network().watch();
+        let mut was_online = self.inner.network().is_online();
         let mut probe_ticker = probe.as_ref().map(|(every, _)| crate::rt::interval(*every));
         let mut probing: Option<BoxFuture<'static, bool>> = None;
 
@@ -336,15 +316,15 @@ impl<V: PartialEq + Send + Sync + 'static> Service<V> {
                     }
                 }
                 Some(report) = self.running.next(), if !self.running.is_empty() => self.finished(report),
-                () = crate::rt::sleep_until(wake_at.unwrap_or_else(crate::rt::Instant::now)), if wake_at.is_some() => {
+                () = crate::rt::sleep_until(wake_at), if wake_at.is_some() => {
                     self.check();
                 }
                 // An earlier deadline arrived: recompute when to wake.
-                () = self.inner.schedule.wake.notified() => {}
+                () = self.inner.schedule().wake.notified() => {}
                 _ = housekeeping.tick() => {
-                    let now = self.inner.clock.now();
+                    let now = self.inner.clock().now();
                     self.inner.collect_garbage(now, 10_000);
-                    if !self.inner.network.is_online() && probe.is_none() {
+                    if !self.inner.network().is_online() && probe.is_none() {
                         self.try_trial();
                     }
                     QueryClient { inner: self.inner.clone() }.publish_metrics();
@@ -366,7 +346,7 @@ impl<V: PartialEq + Send + Sync + 'static> Service<V> {
                 }
                 reachable = async { probing.as_mut().expect("guarded").await }, if probing.is_some() => {
                     probing = None;
-                    self.inner.network.probe_result(reachable);
+                    self.inner.network().probe_result(reachable);
                 }
                 _ = async { probe_ticker.as_mut().expect("guarded").tick().await }, if probe_ticker.is_some() && probing.is_none() => {
                     let (_, f) = probe.as_ref().expect("a probe ticker has a probe");
@@ -382,20 +362,21 @@ impl<V: PartialEq + Send + Sync + 'static> Service<V> {
     /// what falls due within the next half window, so deadlines close
     /// together go out together and checks come at most once per window.
     fn next_check(&self) -> Option<crate::rt::Instant> {
-        let mut at = self.inner.schedule.next()?;
-        let window = self.settings.check_interval;
+        let mut at = self.inner.schedule().next()?;
+        let window = self.inner.settings().check_interval;
         if let Some(last) = self.last_check {
             at = at.max(last.add(window));
         }
-        Some(self.inner.clock.instant_of(at))
+        Some(self.inner.clock().instant_of(at))
     }
 
     /// One staleness check: what is due goes into the queue.
     fn check(&mut self) {
-        let now = self.inner.clock.now();
+        let now = self.inner.clock().now();
         self.last_check = Some(now);
-        let online = self.inner.network.is_online();
-        let horizon = now.add(self.settings.check_interval / 2);
+        let online = self.inner.network().is_online();
+        let settings = self.inner.settings();
+        let horizon = now.add(settings.check_interval / 2);
         let mut work: Vec<Work> = Vec::new();
         let report: CheckReport = self.monitor.check(now, horizon, online, &mut work);
         if !online {
@@ -409,8 +390,8 @@ impl<V: PartialEq + Send + Sync + 'static> Service<V> {
         }
         executor::plan_jobs(
             work,
-            self.inner.fetcher.batching(),
-            self.settings.batch_size,
+            self.inner.batching(),
+            settings.batch_size,
             &mut self.queue,
         );
     }
@@ -419,11 +400,11 @@ impl<V: PartialEq + Send + Sync + 'static> Service<V> {
     /// bring the network back: one due query is tried per check, as a probe.
     fn try_trial(&mut self) {
         let tripped =
-            self.inner.network.status().reason == Some(crate::network::OfflineReason::Errors);
+            self.inner.network().status().reason == Some(crate::network::OfflineReason::Errors);
         if !tripped || self.trial || !self.running.is_empty() {
             return;
         }
-        if let Some(work) = self.monitor.take_oldest(self.inner.clock.now()) {
+        if let Some(work) = self.monitor.take_oldest(self.inner.clock().now()) {
             decision!("🔎 offline after errors: trying {} as a probe", work.key);
             self.trial = true;
             self.running
@@ -432,11 +413,11 @@ impl<V: PartialEq + Send + Sync + 'static> Service<V> {
     }
 
     fn start_jobs(&mut self) {
-        while self.running.len() < self.settings.max_concurrent_refreshes {
+        while self.running.len() < self.inner.settings().max_concurrent_refreshes {
             let Some(job) = self.queue.pop_front() else {
                 break;
             };
-            if !self.inner.network.is_online() {
+            if !self.inner.network().is_online() {
                 for w in job.works() {
                     self.monitor.defer(w);
                 }
@@ -457,7 +438,7 @@ impl<V: PartialEq + Send + Sync + 'static> Service<V> {
     async fn shut_down(&mut self) {
         let waiting = self.queue.len();
         self.queue.clear();
-        let grace = self.settings.shutdown_grace;
+        let grace = self.inner.settings().shutdown_grace;
         let in_flight = self.running.len();
         if in_flight > 0 {
             decision!(
@@ -496,12 +477,9 @@ pub mod bench {
 
     impl<V: PartialEq + Send + Sync + 'static> Checker<V> {
         /// Attaches a (never started) service to `client`, seeding the schedule.
-        pub fn new(
-            client: &QueryClient<V>,
-            settings: RefreshSettings,
-        ) -> Result<Self, RefreshError> {
-            let service = BackgroundRefresh::new(client, settings)?;
-            let monitor = Monitor::new(service.inner.clone(), service.settings.clone());
+        pub fn new(client: &QueryClient<V>) -> Result<Self, RefreshError> {
+            let service = BackgroundRefresh::new(client)?;
+            let monitor = Monitor::new(service.inner.clone());
             Ok(Self {
                 service,
                 monitor,
@@ -512,8 +490,8 @@ pub mod bench {
         /// One check now, as the service does it; returns how many queries are due.
         pub fn check(&mut self) -> usize {
             let inner = &self.service.inner;
-            let now = inner.clock.now();
-            let horizon = now.add(self.service.settings.check_interval / 2);
+            let now = inner.clock().now();
+            let horizon = now.add(inner.settings().check_interval / 2);
             self.work.clear();
             self.monitor.check(now, horizon, true, &mut self.work);
             self.work.len()
@@ -521,7 +499,7 @@ pub mod bench {
 
         /// Deadlines in the schedule.
         pub fn scheduled(&self) -> usize {
-            self.service.inner.schedule.len()
+            self.service.inner.schedule().len()
         }
     }
 }

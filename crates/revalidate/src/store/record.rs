@@ -157,12 +157,6 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The time of Unix nanoseconds.
-pub(crate) fn unix(nanos: i64) -> std::time::SystemTime {
-    std::time::SystemTime::UNIX_EPOCH
-        + std::time::Duration::from_nanos(u64::try_from(nanos).unwrap_or(0))
-}
-
 /// The store key of a query key.
 pub(crate) fn key_bytes(key: &QueryKey) -> Vec<u8> {
     key.text().as_bytes().to_vec()

@@ -1,13 +1,25 @@
-//! Deadline queues: when each query is next due for a refresh (and for
-//! garbage collection).
+//! The schedule: when each query is next due for a refresh (and for
+//! garbage collection), and the rule that says when.
 //!
-//! A binary heap ordered by due time, with lazy deletion: rescheduling an
-//! entry does not search the heap, it pushes the new deadline and leaves the
-//! old one to be discarded when it surfaces. Each entry remembers the
-//! earliest deadline it has queued (`Entry::queued_due`), so a later deadline
-//! for an entry that is already queued earlier is not pushed at all and the
-//! heap holds about one item per scheduled entry. Finding what is due costs a
-//! peek plus one pop per due item, however many queries are cached.
+//! - [`due`]: the one due-time rule, used after every write and at every
+//!   check.
+//! - [`Slot`]: each entry's standing with the schedule (idle, queued at a
+//!   time, in the executor), with named transitions.
+//! - [`Deadlines`] and [`RefreshSchedule`]: a binary heap ordered by due
+//!   time, with lazy deletion. Rescheduling an entry does not search the
+//!   heap: it pushes the new deadline and leaves the old one to be discarded
+//!   when it surfaces. Each entry's slot remembers the earliest deadline it
+//!   has queued, so a later deadline for an entry already queued earlier is
+//!   not pushed at all and the heap holds about one item per scheduled
+//!   entry. Finding what is due costs a peek plus one pop per due item,
+//!   however many queries are cached.
+//!
+//! The schedule knows keys, stamps and slots, never entries.
+
+pub(crate) mod due;
+mod slot;
+
+pub(crate) use slot::Slot;
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
@@ -21,7 +33,7 @@ use crate::rt::Stamp;
 
 /// One deadline: 40 bytes, one per scheduled entry, so kept small.
 #[derive(Debug, Clone)]
-pub(crate) struct Due {
+pub(crate) struct Deadline {
     pub(crate) at: Stamp,
     /// The entry generation it was queued for; a recreated entry under the
     /// same key has another.
@@ -29,18 +41,18 @@ pub(crate) struct Due {
     pub(crate) key: QueryKey,
 }
 
-impl PartialEq for Due {
+impl PartialEq for Deadline {
     fn eq(&self, other: &Self) -> bool {
         self.at == other.at
     }
 }
-impl Eq for Due {}
-impl PartialOrd for Due {
+impl Eq for Deadline {}
+impl PartialOrd for Deadline {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for Due {
+impl Ord for Deadline {
     // Equal deadlines come out in no particular order.
     fn cmp(&self, other: &Self) -> Ordering {
         self.at.cmp(&other.at)
@@ -50,7 +62,7 @@ impl Ord for Due {
 /// A min-heap of deadlines.
 #[derive(Debug, Default)]
 pub(crate) struct Deadlines {
-    heap: Mutex<BinaryHeap<Reverse<Due>>>,
+    heap: Mutex<BinaryHeap<Reverse<Deadline>>>,
     /// The earliest deadline (`i64::MAX` when empty), readable without the lock.
     next: AtomicI64,
 }
@@ -66,7 +78,7 @@ impl Deadlines {
     /// Adds a deadline; returns whether it is now the earliest.
     pub(crate) fn push(&self, at: Stamp, key: QueryKey, generation: u32) -> bool {
         let mut heap = self.heap.lock();
-        heap.push(Reverse(Due {
+        heap.push(Reverse(Deadline {
             at,
             generation,
             key,
@@ -83,7 +95,7 @@ impl Deadlines {
     }
 
     /// Moves up to `limit` deadlines at or before `now` into `out`, earliest first.
-    pub(crate) fn pop_due(&self, now: Stamp, limit: usize, out: &mut Vec<Due>) -> usize {
+    pub(crate) fn pop_due(&self, now: Stamp, limit: usize, out: &mut Vec<Deadline>) -> usize {
         if self.next.load(Relaxed) > now.0 {
             return 0;
         }
@@ -113,12 +125,8 @@ impl Deadlines {
     }
 }
 
-/// `Entry::queued_due` while the entry waits in the executor's queue: earlier
-/// than any deadline, so nothing queues it again until its job starts.
-pub(crate) const IN_EXECUTOR: i64 = i64::MIN;
-
-/// The refresh schedule: the deadline queue plus the per-entry "earliest
-/// queued" marker, switched on when a refresh service attaches to a client.
+/// The refresh schedule: the deadline queue plus each entry's [`Slot`],
+/// switched on when a refresh service attaches to a client.
 #[derive(Debug)]
 pub(crate) struct RefreshSchedule {
     enabled: AtomicBool,
@@ -150,46 +158,20 @@ impl RefreshSchedule {
         self.enabled.store(false, Release);
     }
 
-    /// Queues `key` to be looked at by `at`, unless it is already queued at
-    /// or before `at`.
-    pub(crate) fn schedule(
-        &self,
-        queued_due: &AtomicI64,
-        generation: u32,
-        key: &QueryKey,
-        at: Stamp,
-    ) {
-        if !self.is_enabled() {
-            return;
-        }
-        let mut current = queued_due.load(Acquire);
-        loop {
-            if current <= at.0 {
-                return;
-            }
-            match queued_due.compare_exchange_weak(current, at.0, AcqRel, Acquire) {
-                Ok(_) => break,
-                Err(seen) => current = seen,
-            }
-        }
-        if self.queue.push(at, key.clone(), generation) {
+    /// Queues `key` to be looked at by `at`, unless its slot is queued at
+    /// or before `at` already, or is in the executor. Does nothing while no
+    /// service is attached.
+    pub(crate) fn schedule(&self, slot: &Slot, generation: u32, key: &QueryKey, at: Stamp) {
+        if self.is_enabled() && slot.lower_to(at) && self.queue.push(at, key.clone(), generation) {
             // The service sleeps until the earliest deadline: tell it.
             self.wake.notify_one();
         }
     }
 
-    /// Takes up to `limit` due items, earliest first. The caller must call
-    /// [`RefreshSchedule::claim`] on each before acting on it.
-    pub(crate) fn pop_due(&self, now: Stamp, limit: usize, out: &mut Vec<Due>) -> usize {
+    /// Takes up to `limit` due deadlines, earliest first. The caller must
+    /// [`Slot::claim`] each before acting on it: it may be superseded.
+    pub(crate) fn pop_due(&self, now: Stamp, limit: usize, out: &mut Vec<Deadline>) -> usize {
         self.queue.pop_due(now, limit, out)
-    }
-
-    /// Whether `due` is the live deadline of the entry it names (and not a
-    /// superseded one); if so, marks the entry as no longer queued.
-    pub(crate) fn claim(queued_due: &AtomicI64, due: &Due) -> bool {
-        queued_due
-            .compare_exchange(due.at.0, i64::MAX, AcqRel, Acquire)
-            .is_ok()
     }
 
     pub(crate) fn next(&self) -> Option<Stamp> {
@@ -204,18 +186,6 @@ impl RefreshSchedule {
     pub(crate) fn clear(&self) {
         self.queue.clear();
     }
-}
-
-/// A number in `[-1, 1)` derived from a key and a salt: jitter that spreads
-/// keys evenly and is the same in every run and process (no random source
-/// needed, and tests replay exactly).
-pub(crate) fn spread(key: &QueryKey, salt: u64) -> f64 {
-    // splitmix64 finaliser over the key's stable hash and the salt.
-    let mut z = key.stable_hash() ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0
 }
 
 #[cfg(test)]
@@ -239,7 +209,7 @@ mod tests {
         let mut keys: Vec<_> = out.iter().map(|d| d.key.clone()).collect();
         keys[..2].sort();
         assert_eq!(keys, vec![key(1), key(4), key(2)]);
-        assert_eq!(std::mem::size_of::<Due>(), 40);
+        assert_eq!(std::mem::size_of::<Deadline>(), 40);
         assert_eq!(q.next(), Some(Stamp(30)));
         out.clear();
         assert_eq!(q.pop_due(Stamp(29), 10, &mut out), 0);
@@ -250,34 +220,22 @@ mod tests {
     #[test]
     fn lazy_deletion_keeps_one_live_item_per_entry() {
         let s = RefreshSchedule::new();
-        let queued = AtomicI64::new(i64::MAX);
+        let slot = Slot::new();
         let k = key(1);
-        s.schedule(&queued, 0, &k, Stamp(100)); // disabled: ignored
+        s.schedule(&slot, 0, &k, Stamp(100)); // disabled: ignored
         assert_eq!(s.len(), 0);
+        assert!(slot.is_idle());
         s.enable();
-        s.schedule(&queued, 0, &k, Stamp(100));
-        s.schedule(&queued, 0, &k, Stamp(200)); // later: not pushed
+        s.schedule(&slot, 0, &k, Stamp(100));
+        s.schedule(&slot, 0, &k, Stamp(200)); // later: not pushed
         assert_eq!(s.len(), 1);
-        s.schedule(&queued, 0, &k, Stamp(50)); // earlier: pushed, 100 is now stale
+        s.schedule(&slot, 0, &k, Stamp(50)); // earlier: pushed, 100 is now stale
         assert_eq!(s.len(), 2);
         let mut out = Vec::new();
         s.pop_due(Stamp(1000), 10, &mut out);
-        let live: Vec<_> = out
-            .iter()
-            .filter(|d| RefreshSchedule::claim(&queued, d))
-            .collect();
+        let live: Vec<_> = out.iter().filter(|d| slot.claim(d.at)).collect();
         assert_eq!(live.len(), 1);
         assert_eq!(live[0].at, Stamp(50));
-        assert_eq!(queued.load(Relaxed), i64::MAX);
-    }
-
-    #[test]
-    fn spread_is_deterministic_and_bounded() {
-        let k = key(7);
-        assert_eq!(spread(&k, 1), spread(&k, 1));
-        let xs: Vec<f64> = (0..1000).map(|i| spread(&key(i), 0)).collect();
-        assert!(xs.iter().all(|x| (-1.0..1.0).contains(x)));
-        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
-        assert!(mean.abs() < 0.1, "{mean}");
+        assert!(slot.is_idle());
     }
 }
