@@ -44,7 +44,10 @@
 //! - [`QueryClient`] — the cache: `get`, `get_cached`, `subscribe`, `set_data`,
 //!   `invalidate`, `remove`, `state`, `stats`.
 //! - [`NetworkMonitor`] — online or offline.
-//! - [`BackgroundRefresh`] — the service that keeps active queries fresh.
+//! - [`BackgroundRefresh`] — the service that keeps active queries fresh,
+//!   following the client's [`RefreshSettings`].
+//! - [`Coordinator`] — who fetches a key and which version its data gets,
+//!   for several nodes sharing one source ([`LocalCoordinator`] by default).
 //! - [`Persistence`] with a [`Store`] ([`RedbStore`] on disk) — the cache
 //!   survives restarts and works offline.
 //!
