@@ -87,8 +87,19 @@ pub enum Publish {
     Refused,
 }
 
-/// Decides who fetches a key and which version its data gets. See the
-/// [module documentation](self).
+/// Decides who fetches a key and which version its data gets.
+///
+/// A client alone decides for itself ([`LocalCoordinator`], the default): it
+/// always fetches, and numbers its data versions itself, one more on every
+/// change. Several nodes sharing one source plug a cluster coordinator in
+/// instead ([`QueryClientBuilder::coordinator`](crate::QueryClientBuilder::coordinator)).
+/// Before a fetch it may answer that another node's value is current and
+/// should be adopted; after a fetch it gives the result a version that is the
+/// same on every node, or refuses it because a newer write won meanwhile.
+/// Versions are fencing tokens: an entry stores a value whose version comes
+/// from outside only if that version is not older than the one it holds, so
+/// a late writer never wins. The client asks only when it fetches, never on
+/// a cached read.
 ///
 /// Both methods are called with the key's local flight held, so at most one
 /// call per key and node is in progress. A coordinator must not fail: when
