@@ -13,6 +13,8 @@ use redb::{
     TableDefinition,
 };
 
+use parking_lot::Mutex;
+
 use super::{Batch, KeyValue, Store, StoreError, StoreErrorKind};
 
 const ENTRIES: TableDefinition<'static, &[u8], &[u8]> = TableDefinition::new("entries");
@@ -20,105 +22,224 @@ const META: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("meta")
 
 /// A store in one redb file.
 ///
+/// A damaged file never panics the process: opening verifies the file's
+/// checksums (redb's `check_integrity`), repairs what redb can repair, and
+/// reports the rest as [`StoreErrorKind::Corrupt`] naming the path; a panic
+/// inside redb, on a damage the check did not see, becomes the same error.
+/// After an I/O failure (a full disk, say) the store drops its handle and
+/// opens the file again at the next batch, so writing resumes once the
+/// cause is gone.
+///
 /// ```no_run
 /// use revalidate::RedbStore;
 ///
 /// match RedbStore::open("cache.redb") {
 ///     Ok(store) => { /* hand it to Persistence */ }
 ///     Err(e) if e.is_locked() => eprintln!("another process uses the cache: {e}"),
+///     Err(e) if e.is_corrupt() => {
+///         let aside = RedbStore::move_aside("cache.redb").expect("renamed");
+///         eprintln!("{e}; kept it as {} and starting empty", aside.display());
+///     }
 ///     Err(e) => eprintln!("starting without a persisted cache: {e}"),
 /// }
 /// ```
 #[derive(Clone)]
 pub struct RedbStore {
-    db: Arc<Database>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     path: PathBuf,
+    /// The open database; `None` after an I/O failure or a panic inside
+    /// redb, until the next operation opens the file again.
+    db: Mutex<Option<Arc<Database>>>,
 }
 
 impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedbStore")
-            .field("path", &self.path)
+            .field("path", &self.shared.path)
             .finish_non_exhaustive()
     }
 }
 
 impl RedbStore {
     /// Opens the store at `path`, creating it if needed. A file left by a
-    /// process that was killed is repaired on open.
+    /// process that was killed is repaired on open; so is any damage redb
+    /// can repair.
     ///
     /// # Errors
     ///
     /// A typed error naming the path: locked by another process, permission
-    /// denied, corrupt, or another I/O failure. The application decides
-    /// whether to stop or to run with a memory-only cache.
+    /// denied, corrupt (with the fix: [`RedbStore::move_aside`] it), or
+    /// another I/O failure. The application decides whether to stop or to
+    /// run with a memory-only cache.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref();
-        let db = Database::create(path).map_err(|e| open_error(path, e))?;
-        let store = Self {
-            db: Arc::new(db),
-            path: path.to_owned(),
-        };
-        // Create the tables up front so that readers never see them missing.
-        let txn = store.db.begin_write().map_err(|e| store.io(e))?;
-        txn.open_table(ENTRIES).map_err(|e| store.io(e))?;
-        txn.open_table(META).map_err(|e| store.io(e))?;
-        txn.commit().map_err(|e| store.io(e))?;
-        Ok(store)
+        let db = open_database(path)?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                path: path.to_owned(),
+                db: Mutex::new(Some(Arc::new(db))),
+            }),
+        })
+    }
+
+    /// Renames a (damaged) store file to `<path>.corrupt-<unix seconds>` in
+    /// the same directory, so that a new store can start at `path` and the
+    /// old file stays for inspection: it is never deleted. Returns the new
+    /// name.
+    ///
+    /// # Errors
+    ///
+    /// The rename failed (the error names both paths).
+    pub fn move_aside(path: impl AsRef<Path>) -> Result<PathBuf, StoreError> {
+        let path = path.as_ref();
+        let stamp = crate::rt::unix_nanos(crate::rt::wall_now()) / 1_000_000_000;
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".corrupt-{stamp}"));
+        let aside = PathBuf::from(name);
+        std::fs::rename(path, &aside).map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Io,
+                Some(path),
+                format!("cannot move it aside to `{}`: {e}", aside.display()),
+            )
+            .with_source(e)
+        })?;
+        Ok(aside)
     }
 
     /// The file's path.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.shared.path
     }
 
     fn io(&self, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-        io_error(&self.path, e)
+        io_error(&self.shared.path, e)
+    }
+
+    /// The open database, opening the file again if an earlier failure
+    /// dropped it.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        let mut db = self.shared.db.lock();
+        if let Some(db) = db.as_ref() {
+            return Ok(db.clone());
+        }
+        let fresh = Arc::new(open_database(&self.shared.path)?);
+        tracing::info!(target: "revalidate", "store `{}` opened again", self.shared.path.display());
+        *db = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    /// Runs `op` on the database. A failure drops the handle (the next
+    /// operation opens the file again: redb refuses every write after an
+    /// I/O error until then); a panic inside redb becomes a corrupt-store
+    /// error.
+    fn with_db<T>(
+        &self,
+        op: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let db = self.db()?;
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&db)))
+            .unwrap_or_else(|panic| Err(panicked(&self.shared.path, &panic)));
+        drop(db);
+        if result.is_err() {
+            *self.shared.db.lock() = None;
+        }
+        result
     }
 
     fn apply_blocking(&self, batch: Batch) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(|e| self.io(e))?;
-        {
-            let mut entries = txn.open_table(ENTRIES).map_err(|e| self.io(e))?;
-            if batch.clear {
-                entries.retain(|_, _| false).map_err(|e| self.io(e))?;
+        self.with_db(|db| {
+            let txn = db.begin_write().map_err(|e| self.io(e))?;
+            {
+                let mut entries = txn.open_table(ENTRIES).map_err(|e| self.io(e))?;
+                if batch.clear {
+                    entries.retain(|_, _| false).map_err(|e| self.io(e))?;
+                }
+                for (k, v) in &batch.puts {
+                    entries
+                        .insert(k.as_slice(), v.as_slice())
+                        .map_err(|e| self.io(e))?;
+                }
+                for k in &batch.deletes {
+                    entries.remove(k.as_slice()).map_err(|e| self.io(e))?;
+                }
+                let mut meta = txn.open_table(META).map_err(|e| self.io(e))?;
+                for (name, value) in &batch.meta {
+                    meta.insert(name.as_str(), value.as_slice())
+                        .map_err(|e| self.io(e))?;
+                }
             }
-            for (k, v) in &batch.puts {
-                entries
-                    .insert(k.as_slice(), v.as_slice())
-                    .map_err(|e| self.io(e))?;
-            }
-            for k in &batch.deletes {
-                entries.remove(k.as_slice()).map_err(|e| self.io(e))?;
-            }
-            let mut meta = txn.open_table(META).map_err(|e| self.io(e))?;
-            for (name, value) in &batch.meta {
-                meta.insert(name.as_str(), value.as_slice())
-                    .map_err(|e| self.io(e))?;
-            }
-        }
-        txn.commit().map_err(|e| self.io(e))
+            txn.commit().map_err(|e| self.io(e))
+        })
     }
 
     fn scan_blocking(&self) -> Result<Vec<KeyValue>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
-        let table = txn.open_table(ENTRIES).map_err(|e| self.io(e))?;
-        let mut out = Vec::with_capacity(table.len().map_err(|e| self.io(e))? as usize);
-        for row in table.iter().map_err(|e| self.io(e))? {
-            let (k, v) = row.map_err(|e| self.io(e))?;
-            out.push((k.value().to_vec(), v.value().to_vec()));
-        }
-        Ok(out)
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(|e| self.io(e))?;
+            let table = txn.open_table(ENTRIES).map_err(|e| self.io(e))?;
+            let mut out = Vec::with_capacity(table.len().map_err(|e| self.io(e))? as usize);
+            for row in table.iter().map_err(|e| self.io(e))? {
+                let (k, v) = row.map_err(|e| self.io(e))?;
+                out.push((k.value().to_vec(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
     }
 
     fn meta_blocking(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
-        let table = txn.open_table(META).map_err(|e| self.io(e))?;
-        Ok(table
-            .get(name)
-            .map_err(|e| self.io(e))?
-            .map(|v| v.value().to_vec()))
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(|e| self.io(e))?;
+            let table = txn.open_table(META).map_err(|e| self.io(e))?;
+            Ok(table
+                .get(name)
+                .map_err(|e| self.io(e))?
+                .map(|v| v.value().to_vec()))
+        })
     }
+}
+
+/// Opens (or creates) the database at `path`, verifies and repairs it, and
+/// creates the tables, so that readers never see them missing. Panics
+/// inside redb become corrupt-store errors.
+fn open_database(path: &Path) -> Result<Database, StoreError> {
+    let open = || -> Result<Database, StoreError> {
+        let mut db = Database::create(path).map_err(|e| open_error(path, e))?;
+        match db.check_integrity() {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                target: "revalidate",
+                "store `{}` was damaged and has been repaired; entries written after its last good commit are gone",
+                path.display()
+            ),
+            Err(e) => return Err(open_error(path, e)),
+        }
+        let txn = db.begin_write().map_err(|e| io_error(path, e))?;
+        txn.open_table(ENTRIES).map_err(|e| io_error(path, e))?;
+        txn.open_table(META).map_err(|e| io_error(path, e))?;
+        txn.commit().map_err(|e| io_error(path, e))?;
+        Ok(db)
+    };
+    std::panic::catch_unwind(open).unwrap_or_else(|panic| Err(panicked(path, &panic)))
+}
+
+/// A panic inside redb: the file holds something redb's checks did not
+/// catch. Reported as corruption, with the fix.
+fn panicked(path: &Path, panic: &Box<dyn std::any::Any + Send>) -> StoreError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_owned());
+    StoreError::new(
+        StoreErrorKind::Corrupt,
+        Some(path),
+        format!(
+            "reading it failed inside redb ({what}); move the file away to start with an empty cache"
+        ),
+    )
 }
 
 impl Store for RedbStore {
@@ -172,6 +293,8 @@ fn io_error(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> S
     let text = e.to_string();
     let kind = match find_io(&e).map(std::io::Error::kind) {
         Some(std::io::ErrorKind::PermissionDenied) => StoreErrorKind::PermissionDenied,
+        // redb reports a file that is not a store ("magic number mismatch") so.
+        Some(std::io::ErrorKind::InvalidData) => StoreErrorKind::Corrupt,
         _ if text.contains("orrupt") => StoreErrorKind::Corrupt,
         _ => StoreErrorKind::Io,
     };
