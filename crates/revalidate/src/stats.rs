@@ -53,6 +53,7 @@ pub(crate) struct ResourceCounters {
     pub(crate) bad_data: AtomicU64,
     pub(crate) skipped_offline: AtomicU64,
     pub(crate) adopted: AtomicU64,
+    pub(crate) evicted: AtomicU64,
     pub(crate) bytes: AtomicU64,
     pub(crate) refresh_nanos: AtomicU64,
     pub(crate) last_refresh_unix_nanos: AtomicU64,
@@ -79,6 +80,7 @@ impl ResourceCounters {
             bad_data: AtomicU64::new(0),
             skipped_offline: AtomicU64::new(0),
             adopted: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             refresh_nanos: AtomicU64::new(0),
             last_refresh_unix_nanos: AtomicU64::new(0),
@@ -149,6 +151,7 @@ impl ResourceCounters {
             bad_data: self.bad_data.load(Relaxed),
             skipped_offline: self.skipped_offline.load(Relaxed),
             adopted: self.adopted.load(Relaxed),
+            evicted: self.evicted.load(Relaxed),
             bytes_fetched: self.bytes.load(Relaxed),
             total_refresh_time: Duration::from_nanos(nanos),
             last_refresh_time: match self.last_refresh_unix_nanos.load(Relaxed) {
@@ -227,6 +230,9 @@ pub struct ResourceStats {
     /// Values taken from another node (through a
     /// [`Coordinator`](crate::Coordinator)) instead of fetched from the source.
     pub adopted: u64,
+    /// Queries evicted to stay within
+    /// [`max_queries`](crate::QueryClientBuilder::max_queries).
+    pub evicted: u64,
     /// Bytes transferred, as reported by the fetcher.
     pub bytes_fetched: u64,
     /// Total time spent in fetches.
@@ -251,6 +257,7 @@ impl ResourceStats {
         self.bad_data += o.bad_data;
         self.skipped_offline += o.skipped_offline;
         self.adopted += o.adopted;
+        self.evicted += o.evicted;
         self.bytes_fetched += o.bytes_fetched;
         self.total_refresh_time += o.total_refresh_time;
         self.last_refresh_time = self.last_refresh_time.max(o.last_refresh_time);
@@ -270,7 +277,7 @@ impl ResourceStats {
 /// counters `revalidate_refreshes_total{resource,outcome}`,
 /// `revalidate_retries_total{resource}`,
 /// `revalidate_skipped_offline_total{resource}`,
-/// `revalidate_adopted_total{resource}`,
+/// `revalidate_adopted_total{resource}`, `revalidate_evicted_total{resource}`,
 /// `revalidate_cache_reads_total{resource,result}`,
 /// `revalidate_bytes_fetched_total{resource}`; gauges `revalidate_queries`,
 /// `revalidate_online`, `revalidate_fetches_in_flight`,
@@ -343,6 +350,10 @@ pub(crate) fn publish(resources: &BTreeMap<String, ResourceStats>, gauges: &Gaug
         "Values taken from another node instead of fetched from the source, by resource"
     );
     describe_counter!(
+        "revalidate_evicted_total",
+        "Queries evicted to stay within max_queries, by resource"
+    );
+    describe_counter!(
         "revalidate_cache_reads_total",
         "Reads, by resource and result (fresh, stale, miss)"
     );
@@ -379,6 +390,7 @@ pub(crate) fn publish(resources: &BTreeMap<String, ResourceStats>, gauges: &Gaug
         counter!("revalidate_skipped_offline_total", "resource" => r.clone())
             .absolute(s.skipped_offline);
         counter!("revalidate_adopted_total", "resource" => r.clone()).absolute(s.adopted);
+        counter!("revalidate_evicted_total", "resource" => r.clone()).absolute(s.evicted);
         counter!("revalidate_bytes_fetched_total", "resource" => r.clone())
             .absolute(s.bytes_fetched);
         let read = |o: &'static str| counter!("revalidate_cache_reads_total", "resource" => r.clone(), "result" => o);

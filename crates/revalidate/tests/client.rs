@@ -541,3 +541,33 @@ async fn the_clients_settings_are_its_own_and_a_service_changes_none_of_them() {
         .unwrap_err();
     assert_eq!(err.field, "max_concurrent_refreshes");
 }
+
+#[tokio::test(start_paused = true)]
+async fn max_queries_evicts_the_query_idle_longest_and_never_a_subscribed_one() {
+    let fake = Fake::new();
+    let c = QueryClient::builder(fake.clone()).max_queries(3).build();
+    let watched = key("a", json!("watched"));
+    let _sub = c.subscribe(&watched);
+    c.get(&watched).await.unwrap();
+    for i in 0..2 {
+        c.get(&key("a", json!(i))).await.unwrap();
+        advance(Duration::from_secs(1)).await;
+    }
+    assert_eq!(c.len(), 3);
+    // A flood of new keys: each one evicts the oldest idle query.
+    for i in 2..50 {
+        c.get(&key("a", json!(i))).await.unwrap();
+        assert!(c.len() <= 3, "{} queries cached", c.len());
+        advance(Duration::from_millis(300)).await;
+    }
+    assert!(
+        c.get_cached(&watched).is_some(),
+        "a subscribed query is never evicted"
+    );
+    assert!(
+        c.state(&key("a", json!(0))).is_none(),
+        "the oldest went first"
+    );
+    assert!(c.state(&key("a", json!(49))).is_some(), "the newest stays");
+    assert_eq!(c.stats().evicted, 48);
+}

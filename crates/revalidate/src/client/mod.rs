@@ -166,6 +166,7 @@ pub struct QueryClientBuilder<V> {
     network: Option<NetworkMonitor>,
     gc_time: Duration,
     capacity: usize,
+    max_queries: usize,
     clock: ClockSource,
 }
 
@@ -240,6 +241,20 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClientBuilder<V> {
         self
     }
 
+    /// The most queries the cache holds (default: no limit). Creating a
+    /// query beyond it first evicts one: the query idle the longest, in the
+    /// order of the garbage-collection queue, with a second chance for one
+    /// read within the activity window. Queries with a subscriber or a fetch
+    /// in flight are never evicted; when only such queries are left, the
+    /// cache grows past the limit rather than fail a read. Evicted queries
+    /// stay in an attached store, as collected ones do. Set it whenever keys
+    /// come from untrusted input (the daemon does): each distinct key costs
+    /// memory.
+    pub fn max_queries(mut self, max: usize) -> Self {
+        self.max_queries = max.max(1);
+        self
+    }
+
     /// Builds the client.
     pub fn build(self) -> QueryClient<V> {
         let map = papaya::HashMap::builder()
@@ -258,7 +273,7 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClientBuilder<V> {
                 resources: Mutex::default(),
                 clock: Clock::new(self.clock),
                 network: self.network.unwrap_or_default(),
-                gc: GarbageQueue::new(self.gc_time),
+                gc: GarbageQueue::new(self.gc_time, self.max_queries),
                 schedule: RefreshSchedule::new(),
                 hooks: std::sync::OnceLock::new(),
                 changes: tokio::sync::broadcast::Sender::new(CHANGES_CAPACITY),
@@ -325,6 +340,7 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClient<V> {
             network: None,
             gc_time: DEFAULT_GC_TIME,
             capacity: 0,
+            max_queries: usize::MAX,
             clock: ClockSource::Tokio,
         }
     }
@@ -874,6 +890,9 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
             return entry;
         }
         let entry = Entry::new(self.action_info(key.action()), now);
+        if self.map.len() >= self.gc.max_queries() {
+            self.evict_one(now);
+        }
         match self.map.try_insert(key.clone(), entry, guard) {
             Ok(entry) => {
                 self.gc.push(now, key.clone(), entry.generation);

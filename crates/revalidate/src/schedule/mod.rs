@@ -115,6 +115,15 @@ impl Deadlines {
         n
     }
 
+    /// Takes the earliest deadline, due or not.
+    pub(crate) fn pop_earliest(&self) -> Option<Deadline> {
+        let mut heap = self.heap.lock();
+        let first = heap.pop().map(|Reverse(d)| d);
+        self.next
+            .store(heap.peek().map_or(i64::MAX, |Reverse(d)| d.at.0), Relaxed);
+        first
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.heap.lock().len()
     }
