@@ -1,13 +1,15 @@
 //! `GET /v1/resources/{action}?k=v…`: the cache-first read.
 
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use revalidate::{Freshness, Hit, QueryKey};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-use super::{AppState, error};
+use super::AppState;
+use super::error::ApiError;
 use crate::upstream::Payload;
 
 /// Parameters from a query string: `?a=1&b=x&b=y` → `{"a":"1","b":["x","y"]}`.
@@ -39,47 +41,25 @@ fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
 
 pub(crate) async fn read(
     State(state): State<AppState>,
-    Path(action): Path<String>,
+    action: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-) -> Response {
+) -> Result<Response, ApiError> {
+    let Path(action) = action?;
     if !state.upstream.knows(&action) {
-        let known = state.upstream.actions();
-        return (
-            StatusCode::NOT_FOUND,
-            axum::Json(json!({
-                "error": "unknown_action",
-                "message": format!("`{action}` is not a configured action"),
-                "action": action,
-                "known": known,
-            })),
-        )
-            .into_response();
+        return Err(ApiError::unknown_action(&state.upstream, action));
     }
     let query = query.unwrap_or_default();
     if query.len() > state.max_query_bytes {
-        return error(
-            StatusCode::URI_TOO_LONG,
-            "query_too_long",
-            format!(
-                "the query string is {} bytes; at most {} are accepted",
-                query.len(),
-                state.max_query_bytes
-            ),
-        );
+        return Err(ApiError::QueryTooLong {
+            length: query.len(),
+            limit: state.max_query_bytes,
+        });
     }
     let key = QueryKey::new(&action, params_of(&query));
     match state.client.get_with_meta(&key).await {
-        Ok(hit) => answer(&hit, &headers),
-        Err(e) => (
-            StatusCode::BAD_GATEWAY,
-            axum::Json(json!({
-                "error": "upstream_failed",
-                "kind": e.kind().as_str(),
-                "message": e.message(),
-            })),
-        )
-            .into_response(),
+        Ok(hit) => Ok(answer(&hit, &headers)),
+        Err(e) => Err(ApiError::upstream(key, e)),
     }
 }
 
@@ -117,6 +97,8 @@ fn answer(hit: &Hit<Payload>, request: &HeaderMap) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
