@@ -65,6 +65,24 @@ async fn cache_status_age_etag_and_304() {
     assert_eq!(not_modified.status(), 304);
     assert_eq!(header(&not_modified, "etag"), etag);
     assert!(not_modified.bytes().await.unwrap().is_empty());
+    // If-None-Match compares weakly (RFC 9110): a weak tag of the current
+    // ETag, alone or in a list, is the same version.
+    for validator in [format!("W/{etag}"), format!("\"other\", W/{etag}")] {
+        let weak = http()
+            .get(&url)
+            .header("if-none-match", &validator)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(weak.status(), 304, "If-None-Match: {validator}");
+    }
+    let other = http()
+        .get(&url)
+        .header("if-none-match", "W/\"other\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
 
     // Stale while a slow refresh is in flight: served at once, marked stale.
     up.set_latency(Duration::from_millis(1500));
