@@ -210,6 +210,19 @@ pub(crate) async fn network(State(state): State<AppState>) -> axum::Json<Value> 
     axum::Json(network_json(&state))
 }
 
+/// Gives the daemon's own metrics their `# HELP` text (the engine describes
+/// its own). Called once, when the Prometheus recorder is installed.
+pub(crate) fn describe_metrics() {
+    metrics::describe_counter!(
+        "revalidate_upstream_requests_total",
+        "Requests the daemon sent to the upstream: fetches and reachability probes."
+    );
+    metrics::describe_counter!(
+        "revalidate_bytes_saved_total",
+        "Body bytes the upstream did not send because it answered 304 Not Modified."
+    );
+}
+
 pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let Some(handle) = &state.metrics else {
         return Err(ApiError::MetricsUnavailable);

@@ -14,6 +14,8 @@ use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use revalidate::{QueryClient, RefreshController};
 
+pub(crate) use admin::describe_metrics;
+
 use crate::events::EventLog;
 use crate::upstream::{Payload, Upstream};
 
