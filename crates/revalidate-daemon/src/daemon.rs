@@ -53,6 +53,7 @@ fn metrics_handle() -> Option<PrometheusHandle> {
                     &buckets,
                 )
                 .and_then(PrometheusBuilder::install_recorder)
+                .inspect(|_| server::describe_metrics())
                 .map_err(|e| tracing::warn!("metrics are off: {e}"))
                 .ok()
         })

@@ -328,16 +328,21 @@ impl Fetcher<Payload> for Arc<Upstream> {
             .bytes()
             .await
             .map_err(|e| FetchError::network(describe(&e)))?;
+        // The upstream's own words stay in the error's message, for the log
+        // and the operator's views; callers are told the kind and the status.
         let snippet = || String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+        let code = status.as_u16();
         if status.is_server_error() {
-            let e = FetchError::failed(format!("upstream answered {status}: {}", snippet()));
+            let e = FetchError::failed(format!("upstream answered {status}: {}", snippet()))
+                .with_status(code);
             return Err(match retry {
                 Some(d) => e.with_retry_after(d),
                 None => e,
             });
         }
         if status.is_client_error() {
-            let e = FetchError::rejected(format!("upstream answered {status}: {}", snippet()));
+            let e = FetchError::rejected(format!("upstream answered {status}: {}", snippet()))
+                .with_status(code);
             return Err(match (status, retry) {
                 (reqwest::StatusCode::TOO_MANY_REQUESTS, d) => {
                     e.with_retry_after(d.unwrap_or(Duration::from_secs(60)))
@@ -346,12 +351,13 @@ impl Fetcher<Payload> for Arc<Upstream> {
             });
         }
         if !status.is_success() {
-            return Err(FetchError::failed(format!("upstream answered {status}")));
+            return Err(FetchError::failed(format!("upstream answered {status}")).with_status(code));
         }
         if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
             return Err(FetchError::bad_data(format!(
                 "upstream answered {status} with a body that is not JSON ({e})"
-            )));
+            ))
+            .with_status(code));
         }
         let bytes = body.len() as u64;
         Ok(Fetched::new(Payload::new(body, etag)).with_bytes(bytes))

@@ -18,8 +18,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 /// How to install what this test needs.
-const INSTALL: &str = "run `npm ci --prefix crates/revalidate-daemon/tests/browser` and \
-                       `apt-get install chromium`, as .ci/run does";
+const INSTALL: &str = "run scripts/test, which installs them (Debian's chromium, \
+                       `npm ci` in crates/revalidate-daemon/tests/browser)";
 /// How long `revalidate demo` may take to print its dashboard address.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the browser script may run.

@@ -65,6 +65,24 @@ async fn cache_status_age_etag_and_304() {
     assert_eq!(not_modified.status(), 304);
     assert_eq!(header(&not_modified, "etag"), etag);
     assert!(not_modified.bytes().await.unwrap().is_empty());
+    // If-None-Match compares weakly (RFC 9110): a weak tag of the current
+    // ETag, alone or in a list, is the same version.
+    for validator in [format!("W/{etag}"), format!("\"other\", W/{etag}")] {
+        let weak = http()
+            .get(&url)
+            .header("if-none-match", &validator)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(weak.status(), 304, "If-None-Match: {validator}");
+    }
+    let other = http()
+        .get(&url)
+        .header("if-none-match", "W/\"other\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
 
     // Stale while a slow refresh is in flight: served at once, marked stale.
     up.set_latency(Duration::from_millis(1500));
@@ -132,6 +150,11 @@ async fn during_an_outage_only_the_probe_calls_and_everything_catches_up_after()
         "the probe keeps trying"
     );
     assert!(during["skipped_offline"].as_u64().unwrap() >= 3);
+    // A query never cached cannot be served, and is not fetched: 503.
+    let miss = get(&d.url("/v1/resources/item.get?id=never-read")).await;
+    assert_eq!(miss.status(), 503);
+    let body: Value = miss.json().await.unwrap();
+    assert_eq!(body["error"], "offline", "{body}");
     // Reads go on from the cache.
     for u in &urls {
         let r = get(u).await;
@@ -368,22 +391,57 @@ async fn a_restart_serves_from_the_store_without_calling_the_upstream() {
 async fn errors_answer_in_json_and_bad_data_is_never_cached() {
     let up = Upstream::start().await;
     let d = Daemon::start(&config(&up.base_url(), "item = \"1h\"", ""));
-    let unknown = get(&d.url("/v1/resources/nope.get")).await;
-    assert_eq!(unknown.status(), 404);
-    let body: Value = unknown.json().await.unwrap();
-    assert_eq!(body["known"], json!(["item.get", "item.list", "other.get"]));
+    // Every error answer: JSON with a code and a message.
+    let json_error = async |r: reqwest::Response, status: u16, code: &str| -> Value {
+        assert_eq!(r.status(), status, "{code}");
+        assert_eq!(header(&r, "content-type"), "application/json", "{code}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], code, "{body}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+        body
+    };
+    let unknown = json_error(
+        get(&d.url("/v1/resources/nope.get")).await,
+        404,
+        "unknown_action",
+    )
+    .await;
+    assert_eq!(unknown["action"], "nope.get");
+    assert_eq!(
+        unknown["known"],
+        json!(["item.get", "item.list", "other.get"])
+    );
 
-    up.answer("item.list", Answer::Status(503, "busy".into()));
-    let failed = get(&d.url("/v1/resources/item.list")).await;
-    assert_eq!(failed.status(), 502);
-    let body: Value = failed.json().await.unwrap();
-    assert_eq!(body["error"], "upstream_failed");
-    assert_eq!(body["kind"], "failed");
+    // The upstream's error body is logged, not passed on: the caller gets
+    // the kind and the upstream's status.
+    up.answer(
+        "item.list",
+        Answer::Status(503, "busy: db01 password=hunter2".into()),
+    );
+    let failed = json_error(
+        get(&d.url("/v1/resources/item.list")).await,
+        502,
+        "upstream_failed",
+    )
+    .await;
+    assert_eq!(failed["kind"], "failed");
+    assert_eq!(failed["status"], 503);
+    assert_eq!(failed["message"], "the upstream answered 503");
+    assert!(!failed.to_string().contains("hunter2"), "{failed}");
 
     up.answer("item.list", Answer::NotJson);
-    let garbage = get(&d.url("/v1/resources/item.list?x=1")).await;
-    assert_eq!(garbage.status(), 502);
-    assert_eq!(garbage.json::<Value>().await.unwrap()["kind"], "bad_data");
+    let garbage = json_error(
+        get(&d.url("/v1/resources/item.list?x=1")).await,
+        502,
+        "upstream_failed",
+    )
+    .await;
+    assert_eq!(garbage["kind"], "bad_data");
+    assert_eq!(garbage["status"], 200);
+    assert!(!garbage.to_string().contains("oops"), "{garbage}");
     up.answer("item.list", Answer::Json);
     let fixed = get(&d.url("/v1/resources/item.list?x=1")).await;
     assert_eq!(
@@ -393,11 +451,72 @@ async fn errors_answer_in_json_and_bad_data_is_never_cached() {
     );
 
     up.answer("item.list", Answer::Status(404, "no such thing".into()));
-    let rejected = get(&d.url("/v1/resources/item.list?x=2")).await;
-    assert_eq!(rejected.json::<Value>().await.unwrap()["kind"], "rejected");
+    let rejected = json_error(
+        get(&d.url("/v1/resources/item.list?x=2")).await,
+        502,
+        "upstream_failed",
+    )
+    .await;
+    assert_eq!(rejected["kind"], "rejected");
+    assert_eq!(rejected["status"], 404);
 
     let long = get(&d.url(&format!("/v1/resources/item.get?q={}", "x".repeat(9000)))).await;
-    assert_eq!(long.status(), 414);
+    let long = json_error(long, 414, "query_too_long").await;
+    assert_eq!(long["limit"], 8192);
+
+    let nothing = json_error(get(&d.url("/v1/nothing")).await, 404, "not_found").await;
+    assert_eq!(nothing["path"], "/v1/nothing");
+    let wrong_method = http().delete(d.url("/v1/stats")).send().await.unwrap();
+    assert_eq!(header(&wrong_method, "allow"), "GET,HEAD");
+    json_error(wrong_method, 405, "method_not_allowed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_errors_answer_in_json_too() {
+    let up = Upstream::start().await;
+    let cfg = config(&up.base_url(), "item = \"1h\"", "").replace(
+        "[server]",
+        "[server]\nadmin_token_env = \"TEST_REVALIDATE_TOKEN\"\nmax_body_bytes = 64",
+    );
+    let d = Daemon::start_with(&cfg, None, &[("TEST_REVALIDATE_TOKEN", "s3cret")]);
+    let post = |body: &'static str, token: Option<&str>| {
+        let mut r = http()
+            .post(d.url("/v1/invalidate"))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    let unauthorized = post("{}", None).await.unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    assert_eq!(header(&unauthorized, "www-authenticate"), "Bearer");
+    assert_eq!(
+        unauthorized.json::<Value>().await.unwrap()["error"],
+        "unauthorized"
+    );
+    // axum's own rejections come in the same shape.
+    let huge = post(
+        r#"{"resource": "item", "padding": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#,
+        Some("s3cret"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(huge.status(), 413);
+    assert_eq!(header(&huge, "content-type"), "application/json");
+    assert_eq!(
+        huge.json::<Value>().await.unwrap()["error"],
+        "body_too_large"
+    );
+    let broken = post(r#"{"action": "#, Some("s3cret")).await.unwrap();
+    assert_eq!(broken.status(), 400);
+    let body: Value = broken.json().await.unwrap();
+    assert_eq!(body["error"], "bad_request");
+    assert!(
+        body["message"].as_str().unwrap().contains("expected"),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,7 +549,6 @@ async fn state_metrics_and_health_endpoints() {
     let page = get(&d.url("/")).await;
     assert!(header(&page, "content-type").starts_with("text/html"));
     assert!(page.text().await.unwrap().contains("EventSource"));
-    assert_eq!(get(&d.url("/v1/nothing")).await.status(), 404);
 }
 
 #[test]

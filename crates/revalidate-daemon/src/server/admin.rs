@@ -2,13 +2,15 @@
 //! metrics, health, and the dashboard page.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse, Response};
 use revalidate::{FetchStatus, QueryFilter, QueryKey, QueryState};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AppState, error};
+use super::AppState;
+use super::error::ApiError;
 use crate::events::unix_ms;
 use crate::upstream::Payload;
 
@@ -42,26 +44,12 @@ fn same_token(a: &str, b: &str) -> bool {
             == 0
 }
 
-/// Checks the bearer token; `Err` is the answer to send.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
+/// Checks the bearer token.
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &state.admin_token else {
-        let var = state
-            .admin_token_env
-            .as_deref()
-            .unwrap_or("REVALIDATE_ADMIN_TOKEN");
-        let how = match &state.admin_token_env {
-            Some(_) => format!(
-                "set the environment variable {var} to a secret token and restart the daemon"
-            ),
-            None => format!(
-                "set [server] admin_token_env = \"{var}\" in the configuration, export {var}=<a secret token>, and restart"
-            ),
-        };
-        return Err(Box::new(error(
-            StatusCode::FORBIDDEN,
-            "admin_disabled",
-            format!("admin endpoints are disabled: {how}"),
-        )));
+        return Err(ApiError::AdminDisabled {
+            env: state.admin_token_env.clone(),
+        });
     };
     let given = headers
         .get(header::AUTHORIZATION)
@@ -69,34 +57,22 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>>
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
         Some(given) if same_token(given.trim(), token) => Ok(()),
-        _ => Err(Box::new(error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong bearer token",
-        ))),
+        _ => Err(ApiError::Unauthorized),
     }
 }
 
 pub(crate) async fn invalidate(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    if let Err(denied) = authorize(&state, &headers) {
-        return *denied;
-    }
-    let request: InvalidateRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!(
-                    "expected {{\"action\": …[, \"params\": {{…}}]}}, {{\"resource\": …}} or {{\"all\": true}}: {e}"
-                ),
-            );
-        }
-    };
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let body = body?;
+    let request: InvalidateRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "expected {{\"action\": …[, \"params\": {{…}}]}}, {{\"resource\": …}} or {{\"all\": true}}: {e}"
+        ))
+    })?;
     let filter = match request {
         InvalidateRequest {
             all: true,
@@ -111,15 +87,7 @@ pub(crate) async fn invalidate(
             all: false,
         } => {
             if !state.upstream.knows(&a) {
-                return (
-                    StatusCode::NOT_FOUND,
-                    axum::Json(json!({
-                        "error": "unknown_action",
-                        "message": format!("`{a}` is not a configured action"),
-                        "known": state.upstream.actions(),
-                    })),
-                )
-                    .into_response();
+                return Err(ApiError::unknown_action(&state.upstream, a));
             }
             match params {
                 Some(p) => QueryFilter::Key(QueryKey::new(&a, p)),
@@ -133,11 +101,9 @@ pub(crate) async fn invalidate(
             all: false,
         } => QueryFilter::Resource(r),
         _ => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
+            return Err(ApiError::bad_request(
                 "give exactly one of: \"action\" (with optional \"params\"), \"resource\", or \"all\": true",
-            );
+            ));
         }
     };
     let n = state.client.invalidate(filter);
@@ -145,7 +111,7 @@ pub(crate) async fn invalidate(
         // Active queries should not wait for the next deadline to be seen.
         refresh.check_now();
     }
-    axum::Json(json!({ "invalidated": n })).into_response()
+    Ok(axum::Json(json!({ "invalidated": n })).into_response())
 }
 
 pub(crate) fn stats_json(state: &AppState) -> Value {
@@ -244,13 +210,22 @@ pub(crate) async fn network(State(state): State<AppState>) -> axum::Json<Value> 
     axum::Json(network_json(&state))
 }
 
-pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+/// Gives the daemon's own metrics their `# HELP` text (the engine describes
+/// its own). Called once, when the Prometheus recorder is installed.
+pub(crate) fn describe_metrics() {
+    metrics::describe_counter!(
+        "revalidate_upstream_requests_total",
+        "Requests the daemon sent to the upstream: fetches and reachability probes."
+    );
+    metrics::describe_counter!(
+        "revalidate_bytes_saved_total",
+        "Body bytes the upstream did not send because it answered 304 Not Modified."
+    );
+}
+
+pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let Some(handle) = &state.metrics else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "metrics_unavailable",
-            "no metrics recorder is installed",
-        );
+        return Err(ApiError::MetricsUnavailable);
     };
     state.client.publish_metrics();
     let saved = state
@@ -263,14 +238,14 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
         .requests
         .load(std::sync::atomic::Ordering::Relaxed);
     metrics::counter!("revalidate_upstream_requests_total").absolute(requests);
-    (
+    Ok((
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         handle.render(),
     )
-        .into_response()
+        .into_response())
 }
 
 #[cfg(test)]

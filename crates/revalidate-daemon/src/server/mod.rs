@@ -2,6 +2,7 @@
 //! operations, metrics and the dashboard.
 
 mod admin;
+mod error;
 mod live;
 mod resources;
 
@@ -9,12 +10,11 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use revalidate::{QueryClient, RefreshController};
-use serde_json::json;
+
+pub(crate) use admin::describe_metrics;
 
 use crate::events::EventLog;
 use crate::upstream::{Payload, Upstream};
@@ -50,24 +50,8 @@ pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/stats", get(admin::stats))
         .route("/v1/queries", get(admin::queries))
         .route("/v1/network", get(admin::network))
-        .fallback(not_found)
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
-}
-
-async fn not_found(uri: axum::http::Uri) -> Response {
-    error(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!("no route for {}", uri.path()),
-    )
-}
-
-/// A JSON error answer: `{"error": code, "message": …}`, hiding internals.
-pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (
-        status,
-        axum::Json(json!({ "error": code, "message": message.into() })),
-    )
-        .into_response()
 }

@@ -1,13 +1,16 @@
 //! `GET /v1/resources/{action}?k=v…`: the cache-first read.
 
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use headers::{ETag, Header, HeaderMapExt, IfNoneMatch};
 use revalidate::{Freshness, Hit, QueryKey};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-use super::{AppState, error};
+use super::AppState;
+use super::error::ApiError;
 use crate::upstream::Payload;
 
 /// Parameters from a query string: `?a=1&b=x&b=y` → `{"a":"1","b":["x","y"]}`.
@@ -39,47 +42,25 @@ fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
 
 pub(crate) async fn read(
     State(state): State<AppState>,
-    Path(action): Path<String>,
+    action: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-) -> Response {
+) -> Result<Response, ApiError> {
+    let Path(action) = action?;
     if !state.upstream.knows(&action) {
-        let known = state.upstream.actions();
-        return (
-            StatusCode::NOT_FOUND,
-            axum::Json(json!({
-                "error": "unknown_action",
-                "message": format!("`{action}` is not a configured action"),
-                "action": action,
-                "known": known,
-            })),
-        )
-            .into_response();
+        return Err(ApiError::unknown_action(&state.upstream, action));
     }
     let query = query.unwrap_or_default();
     if query.len() > state.max_query_bytes {
-        return error(
-            StatusCode::URI_TOO_LONG,
-            "query_too_long",
-            format!(
-                "the query string is {} bytes; at most {} are accepted",
-                query.len(),
-                state.max_query_bytes
-            ),
-        );
+        return Err(ApiError::QueryTooLong {
+            length: query.len(),
+            limit: state.max_query_bytes,
+        });
     }
     let key = QueryKey::new(&action, params_of(&query));
     match state.client.get_with_meta(&key).await {
-        Ok(hit) => answer(&hit, &headers),
-        Err(e) => (
-            StatusCode::BAD_GATEWAY,
-            axum::Json(json!({
-                "error": "upstream_failed",
-                "kind": e.kind().as_str(),
-                "message": e.message(),
-            })),
-        )
-            .into_response(),
+        Ok(hit) => Ok(answer(&hit, &headers)),
+        Err(e) => Err(ApiError::upstream(key, e)),
     }
 }
 
@@ -90,13 +71,7 @@ fn answer(hit: &Hit<Payload>, request: &HeaderMap) -> Response {
         _ => "revalidate; fwd=miss; stored",
     };
     let payload = &hit.value;
-    let not_modified = request
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().as_bytes() == payload.etag.as_bytes() || t.trim() == "*")
-        });
+    let not_modified = is_not_modified(request, &payload.etag);
     let mut response = if not_modified {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
@@ -115,8 +90,21 @@ fn answer(hit: &Hit<Payload>, request: &HeaderMap) -> Response {
     response
 }
 
+/// Whether the request's `If-None-Match` matches `etag` by the weak
+/// comparison RFC 9110 (§13.1.2) requires: `W/"x"` matches our `"x"`, any
+/// member of a list (or of several header lines) may match, `*` matches any
+/// cached value. A header that does not parse matches nothing.
+fn is_not_modified(request: &HeaderMap, etag: &HeaderValue) -> bool {
+    let Some(condition) = request.typed_get::<IfNoneMatch>() else {
+        return false;
+    };
+    ETag::decode(&mut std::iter::once(etag)).is_ok_and(|etag| !condition.precondition_passes(&etag))
+}
+
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -134,5 +122,29 @@ mod tests {
             params_of("q=hello%20world&x=%2F..%2F"),
             json!({"q": "hello world", "x": "/../"})
         );
+    }
+
+    #[test]
+    fn if_none_match_uses_the_weak_comparison() {
+        let ours = HeaderValue::from_static("\"00c0ffee\"");
+        let matches = |lines: &[&str]| {
+            let mut request = HeaderMap::new();
+            for line in lines {
+                request.append(header::IF_NONE_MATCH, HeaderValue::from_str(line).unwrap());
+            }
+            is_not_modified(&request, &ours)
+        };
+        assert!(matches(&["\"00c0ffee\""]), "the same tag");
+        assert!(matches(&["W/\"00c0ffee\""]), "a weak tag of it");
+        assert!(matches(&["\"1\", W/\"00c0ffee\", \"2\""]), "in a list");
+        assert!(
+            matches(&["\"1\"", "\"00c0ffee\""]),
+            "on another header line"
+        );
+        assert!(matches(&["*"]), "any value");
+        assert!(!matches(&[]), "no header");
+        assert!(!matches(&["\"00c0ffef\""]), "another tag");
+        assert!(!matches(&["W/\"00C0FFEE\""]), "tags are case-sensitive");
+        assert!(!matches(&["00c0ffee"]), "not a tag (no quotes)");
     }
 }
