@@ -8,10 +8,13 @@
 
 use std::time::Duration;
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use super::Inner;
+use super::entry::Entry;
 use crate::key::QueryKey;
 use crate::rt::Stamp;
-use crate::schedule::Deadlines;
+use crate::schedule::{Deadline, Deadlines};
 
 /// When each query may be collected, and the cap on how many are kept.
 #[derive(Debug)]
@@ -47,6 +50,51 @@ impl GarbageQueue {
 }
 
 impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
+    /// Whether a subscriber or a fetch keeps `entry` from being removed.
+    fn is_busy(entry: &Entry<V>) -> bool {
+        entry.is_fetching() || entry.lock().get().is_some_and(|c| c.observers() > 0)
+    }
+
+    /// When `entry` may be collected: the gc time after it stopped being
+    /// active (its last read plus the activity window).
+    fn expiry(&self, entry: &Entry<V>) -> Stamp {
+        Stamp(
+            entry
+                .last_read()
+                .0
+                .saturating_add(self.inactive_after_nanos()),
+        )
+        .add(self.gc.gc_time)
+    }
+
+    /// Removes the query of `d` if it is still the same idle incarnation
+    /// (not read, subscribed or fetched since it was looked at); otherwise
+    /// queues it to be looked at again.
+    fn remove_idle(
+        &self,
+        d: Deadline,
+        idle_since: Stamp,
+        now: Stamp,
+        guard: &papaya::LocalGuard<'_>,
+    ) -> Option<QueryKey> {
+        let gone = self.map.remove_if(
+            &d.key,
+            |_, e| e.generation == d.generation && e.last_read() == idle_since && !Self::is_busy(e),
+            guard,
+        );
+        match gone {
+            Ok(Some((_, entry))) => {
+                // End subscriptions now rather than when the map reclaims the node.
+                drop(entry.lock().take());
+                Some(d.key)
+            }
+            _ => {
+                self.gc.push(now, d.key, d.generation);
+                None
+            }
+        }
+    }
+
     /// Makes room for one query: evicts the one idle the longest that has
     /// no subscriber and no fetch in flight, giving a second chance to a few
     /// read within the activity window. Returns whether one was evicted.
@@ -60,46 +108,22 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
             let Some(entry) = self.entry_of(&d.key, d.generation, &guard) else {
                 continue;
             };
-            let busy = entry.is_fetching() || entry.lock().get().is_some_and(|c| c.observers() > 0);
-            if busy {
+            if Self::is_busy(entry) {
                 self.gc.push(now, d.key, d.generation);
                 continue;
             }
             if self.read_recently(entry, now) && chances < SECOND_CHANCES {
                 chances += 1;
-                let expires = Stamp(
-                    entry
-                        .last_read()
-                        .0
-                        .saturating_add(self.inactive_after_nanos()),
-                )
-                .add(self.gc.gc_time);
-                self.gc.deadlines.push(expires, d.key, d.generation);
+                self.gc
+                    .deadlines
+                    .push(self.expiry(entry), d.key, d.generation);
                 continue;
             }
-            let idle_since = entry.last_read();
-            let gone = self.map.remove_if(
-                &d.key,
-                |_, e| {
-                    e.generation == d.generation
-                        && e.last_read() == idle_since
-                        && !e.is_fetching()
-                        && e.lock().get().is_none_or(|c| c.observers() == 0)
-                },
-                &guard,
-            );
-            match gone {
-                Ok(Some((_, entry))) => {
-                    entry
-                        .action
-                        .counters
-                        .evicted
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    drop(entry.lock().take());
-                    crate::log::decision!("🧹 evicted {} to stay within max_queries", d.key);
-                    return true;
-                }
-                _ => self.gc.push(now, d.key, d.generation),
+            let counters = entry.action.counters.clone();
+            if let Some(key) = self.remove_idle(d, entry.last_read(), now, &guard) {
+                counters.evicted.fetch_add(1, Relaxed);
+                crate::log::decision!("🧹 evicted {key} to stay within max_queries");
+                return true;
             }
         }
         false
@@ -115,34 +139,16 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
             let Some(entry) = self.entry_of(&d.key, d.generation, &guard) else {
                 continue;
             };
-            let idle_since = entry.last_read();
-            // Garbage time counts from when the query stops being active.
-            let expires = Stamp(idle_since.0.saturating_add(self.inactive_after_nanos()))
-                .add(self.gc.gc_time);
-            let busy = entry.is_fetching() || entry.lock().get().is_some_and(|c| c.observers() > 0);
-            if busy {
+            let expires = self.expiry(entry);
+            if Self::is_busy(entry) {
                 self.gc.push(now, d.key, d.generation);
             } else if expires > now {
                 self.gc.deadlines.push(expires, d.key, d.generation);
-            } else {
-                let gone = self.map.remove_if(
-                    &d.key,
-                    |_, e| {
-                        e.generation == d.generation
-                            && e.last_read() == idle_since
-                            && !e.is_fetching()
-                            && e.lock().get().is_none_or(|c| c.observers() == 0)
-                    },
-                    &guard,
-                );
-                match gone {
-                    Ok(Some((_, entry))) => {
-                        drop(entry.lock().take());
-                        removed += 1;
-                    }
-                    // Read or subscribed just now: look again later.
-                    _ => self.gc.push(now, d.key, d.generation),
-                }
+            } else if self
+                .remove_idle(d, entry.last_read(), now, &guard)
+                .is_some()
+            {
+                removed += 1;
             }
         }
         if removed > 0 {
