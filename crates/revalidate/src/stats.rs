@@ -106,7 +106,7 @@ impl ResourceCounters {
             self.adopted.fetch_add(1, Relaxed);
             return;
         }
-        metrics::histogram!("revalidate_refresh_duration_seconds", "resource" => self.name.to_string())
+        metrics::histogram!("revalidate_refresh_duration_seconds", "resource" => self.name.clone())
             .record(took.as_secs_f64());
         self.refreshes.fetch_add(1, Relaxed);
         self.refresh_nanos

@@ -340,6 +340,19 @@ impl<V> Entry<V> {
         self.errors.fetch_add(1, Relaxed) + 1
     }
 
+    /// What the due-time rule needs to know of this entry, without its lock
+    /// when it is not failing (the common case, at every check).
+    pub(crate) fn facts_if_healthy(&self) -> Option<Facts<'static>> {
+        (self.errors() == 0).then(|| Facts {
+            staleness: self.action.staleness,
+            updated_at: self.updated_at(),
+            version: self.version(),
+            invalidated: self.is_invalidated(),
+            invalidations: self.invalidations(),
+            failing: None,
+        })
+    }
+
     /// What the due-time rule needs to know of this entry.
     pub(crate) fn facts<'w>(&self, w: &'w Locked<'_, V>) -> Facts<'w> {
         let failing = match (self.errors(), w.get().and_then(|c| c.last_error.as_ref())) {

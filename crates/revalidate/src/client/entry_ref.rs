@@ -42,7 +42,7 @@ impl<V> Inner<V> {
         let guard = self.map.guard();
         for (key, entry) in self.map.iter(&guard) {
             entry.slot.reset();
-            let due = self.next_due_of(key, entry, &entry.lock(), now);
+            let due = self.next_due_unlocked(key, entry, now);
             self.reschedule(key, entry, due);
         }
     }
@@ -73,8 +73,7 @@ impl<V> EntryRef<'_, V> {
 
     /// When it is next due, by the one rule.
     pub(crate) fn next_due(&self, now: Stamp) -> Option<Due> {
-        self.inner
-            .next_due_of(self.key, self.entry, &self.entry.lock(), now)
+        self.inner.next_due_unlocked(self.key, self.entry, now)
     }
 
     /// Whether a fetch of it is in flight.

@@ -140,11 +140,10 @@ enum Answer<V> {
 }
 
 /// What applying an answer did, for the fan-out.
-struct Outcome<V> {
+struct Outcome<'g, V> {
     key: QueryKey,
-    generation: u32,
-    /// Whether the entry still exists (it was not removed meanwhile).
-    cached: bool,
+    /// The entry, unless it was removed while fetching.
+    entry: Option<&'g Entry<V>>,
     info: Arc<ActionInfo>,
     result: FlightResult<V>,
     end: FetchEnd,
@@ -266,7 +265,7 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
 
     /// Runs one lease: coordinator, permit, source, apply, fan-out.
     pub(crate) async fn fetch(self: &Arc<Self>, lease: Lease<V>) -> Ran<V> {
-        let ticket = match self.coordinator.acquire(&lease.key, &lease.holding).await {
+        let ticket = match self.acquire(&lease).await {
             Grant::Fetch(ticket) => ticket,
             Grant::Adopt(remote) => {
                 let started = self.clock.now();
@@ -284,11 +283,33 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
             .await
             .unwrap_or_else(|| Err(FetchError::timed_out(limit)));
         drop(permit);
-        let publish = self
-            .coordinator
-            .publish(&lease.key, ticket, &result, lease.previous.as_ref())
-            .await;
+        let publish = self.publish(&lease, ticket, &result).await;
         self.settle(lease, Answer::Fetched(result, publish), started)
+    }
+
+    /// The coordinator's grant for `lease` (the client alone: always fetch).
+    async fn acquire(&self, lease: &Lease<V>) -> Grant<V> {
+        match &self.coordinator {
+            Some(c) => c.acquire(&lease.key, &lease.holding).await,
+            None => Grant::Fetch(Ticket(0)),
+        }
+    }
+
+    /// The coordinator's version for a fetch's result (the client alone:
+    /// numbered here).
+    async fn publish(
+        &self,
+        lease: &Lease<V>,
+        ticket: Ticket,
+        result: &Result<Fetched<V>, FetchError>,
+    ) -> Publish {
+        match &self.coordinator {
+            Some(c) => {
+                c.publish(&lease.key, ticket, result, lease.previous.as_ref())
+                    .await
+            }
+            None => Publish::Local,
+        }
     }
 
     /// Runs leases of one action as one batch request: one permit for all.
@@ -297,7 +318,7 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
         let mut ran: Vec<Option<Ran<V>>> = (0..leases.len()).map(|_| None).collect();
         let mut granted: Vec<(usize, Lease<V>, Ticket)> = Vec::with_capacity(leases.len());
         for (i, lease) in leases.into_iter().enumerate() {
-            match self.coordinator.acquire(&lease.key, &lease.holding).await {
+            match self.acquire(&lease).await {
                 Grant::Fetch(ticket) => granted.push((i, lease, ticket)),
                 Grant::Adopt(remote) => {
                     let started = self.clock.now();
@@ -337,10 +358,7 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
                     }
                 };
                 for ((i, lease, ticket), result) in granted.into_iter().zip(results) {
-                    let publish = self
-                        .coordinator
-                        .publish(&lease.key, ticket, &result, lease.previous.as_ref())
-                        .await;
+                    let publish = self.publish(&lease, ticket, &result).await;
                     ran[i] = Some(self.settle(lease, Answer::Fetched(result, publish), started));
                 }
             }
@@ -354,14 +372,12 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
     /// was not attempted, so it can release what it holds for the ticket.
     async fn release_ticket(&self, lease: &Lease<V>, ticket: Ticket) {
         let not_attempted = Err(FetchError::offline());
-        let _ = self
-            .coordinator
-            .publish(&lease.key, ticket, &not_attempted, lease.previous.as_ref())
-            .await;
+        let _ = self.publish(lease, ticket, &not_attempted).await;
     }
 
     fn settle(&self, lease: Lease<V>, answer: Answer<V>, started: Stamp) -> Ran<V> {
-        let outcome = self.apply(lease, answer, started);
+        let guard = self.map.guard();
+        let outcome = self.apply(lease, answer, started, &guard);
         let took = outcome.took;
         Ran::Done {
             result: self.finish(outcome),
@@ -371,10 +387,15 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
 
     /// Applies an answer to its entry: one synchronous step under the
     /// entry's lock, which releases the flight.
-    fn apply(&self, mut lease: Lease<V>, answer: Answer<V>, started: Stamp) -> Outcome<V> {
+    fn apply<'g>(
+        &self,
+        mut lease: Lease<V>,
+        answer: Answer<V>,
+        started: Stamp,
+        guard: &'g papaya::LocalGuard<'_>,
+    ) -> Outcome<'g, V> {
         let now = self.clock.now();
-        let guard = self.map.guard();
-        let entry = self.entry_of(&lease.key, lease.generation, &guard);
+        let entry = self.entry_of(&lease.key, lease.generation, guard);
         let info = entry.map_or_else(
             || self.action_info(lease.key.action()),
             |e| e.action.clone(),
@@ -396,7 +417,7 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
                 let mut w = entry.lock();
                 let current = |entry: &Entry<V>| {
                     entry
-                        .data(&guard)
+                        .data(guard)
                         .map(|v| Stored {
                             hit: Hit::fetched(v, entry.version()),
                             changed: false,
@@ -427,7 +448,15 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
                         // If an invalidation arrived meanwhile, the result may
                         // predate the change behind it: store it, but keep
                         // the entry stale so that it is fetched again.
-                        self.store_answer(entry, &mut w, fetched.value, now, validated, versioning)
+                        self.store_answer(
+                            entry,
+                            &mut w,
+                            fetched.value,
+                            now,
+                            validated,
+                            versioning,
+                            guard,
+                        )
                     }
                     Answer::Fetched(Err(e), _) => Err(e),
                     Answer::Adopted(remote) => {
@@ -439,6 +468,7 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
                             at,
                             validated,
                             Versioning::Given(remote.version),
+                            guard,
                         )
                     }
                 };
@@ -482,8 +512,7 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
         };
         Outcome {
             key: lease.key.clone(),
-            generation: lease.generation,
-            cached: entry.is_some(),
+            entry,
             info,
             result,
             end,
@@ -508,9 +537,9 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
         at: Stamp,
         validated: bool,
         versioning: Versioning,
+        guard: &papaya::LocalGuard<'_>,
     ) -> Result<Stored<V>, FetchError> {
-        let guard = self.map.guard();
-        match entry.store(w, value, at, validated, versioning, &guard) {
+        match entry.store(w, value, at, validated, versioning, guard) {
             Some((cached, changed)) => {
                 entry.record_success(w);
                 Ok(Stored {
@@ -520,7 +549,7 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
             }
             // Older than what the entry holds: keep that.
             None => entry
-                .data(&guard)
+                .data(guard)
                 .map(|v| Stored {
                     hit: Hit::fetched(v, entry.version()),
                     changed: false,
@@ -531,7 +560,7 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
 
     /// Hands an applied outcome to everything that follows a fetch, and
     /// returns what its readers get.
-    fn finish(&self, mut outcome: Outcome<V>) -> FlightResult<V> {
+    fn finish(&self, mut outcome: Outcome<'_, V>) -> FlightResult<V> {
         let key = &outcome.key;
         outcome.info.counters.refreshed(
             outcome.end,
@@ -552,17 +581,14 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
             Some(Ok(())) => self.network.record_reachable(),
             _ => {}
         }
-        if outcome.cached {
+        if let Some(entry) = outcome.entry {
             if let Err(e) = &outcome.result {
                 self.log_failure(key, e, outcome.attempt, outcome.next, outcome.at);
             }
-            let guard = self.map.guard();
-            if let Some(entry) = self.entry_of(key, outcome.generation, &guard) {
-                self.reschedule(key, entry, outcome.next);
-                self.changed(key);
-                if outcome.changed {
-                    self.announce(key, entry);
-                }
+            self.reschedule(key, entry, outcome.next);
+            self.changed(key);
+            if outcome.changed {
+                self.announce(key, entry);
             }
         }
         if let Some(tx) = outcome.tx.take() {

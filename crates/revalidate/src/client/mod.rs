@@ -46,7 +46,7 @@ pub(crate) use snapshot::Snapshot;
 pub use state::{FetchStatus, Freshness, Hit, QueryState};
 pub use subscription::Subscription;
 
-use crate::coord::{Coordinator, DynCoordinator, LocalCoordinator};
+use crate::coord::{Coordinator, DynCoordinator};
 use crate::fetch::{Batching, DynFetcher, FetchError, Fetcher};
 use crate::key::{KeyHasher, QueryKey};
 use crate::network::NetworkMonitor;
@@ -118,7 +118,10 @@ impl<V> std::fmt::Debug for QueryClient<V> {
 pub(crate) struct Inner<V> {
     map: papaya::HashMap<QueryKey, Entry<V>, KeyHasher>,
     fetcher: Box<dyn DynFetcher<V>>,
-    coordinator: Box<dyn DynCoordinator<V>>,
+    /// `None`: the client alone ([`LocalCoordinator`]), which the fetch path
+    /// short-cuts: granting every fetch and numbering versions here needs
+    /// no call.
+    coordinator: Option<Box<dyn DynCoordinator<V>>>,
     policy: Policy,
     settings: RefreshSettings,
     actions: papaya::HashMap<Box<str>, Arc<ActionInfo>>,
@@ -160,7 +163,7 @@ pub(crate) trait ChangeHook<V>: Send + Sync {
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct QueryClientBuilder<V> {
     fetcher: Box<dyn DynFetcher<V>>,
-    coordinator: Box<dyn DynCoordinator<V>>,
+    coordinator: Option<Box<dyn DynCoordinator<V>>>,
     policy: Policy,
     settings: RefreshSettings,
     network: Option<NetworkMonitor>,
@@ -212,10 +215,11 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClientBuilder<V> {
     }
 
     /// Who decides whether this client fetches a key, and numbers data
-    /// versions (default: [`LocalCoordinator`], the client alone). See
+    /// versions (default: [`LocalCoordinator`](crate::LocalCoordinator),
+    /// the client alone). See
     /// [`Coordinator`].
     pub fn coordinator(mut self, coordinator: impl Coordinator<V>) -> Self {
-        self.coordinator = Box::new(coordinator);
+        self.coordinator = Some(Box::new(coordinator));
         self
     }
 
@@ -334,7 +338,7 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClient<V> {
     pub fn builder(fetcher: impl Fetcher<V>) -> QueryClientBuilder<V> {
         QueryClientBuilder {
             fetcher: Box::new(fetcher),
-            coordinator: Box::new(LocalCoordinator),
+            coordinator: None,
             policy: Policy::default(),
             settings: RefreshSettings::default(),
             network: None,
@@ -715,6 +719,14 @@ impl<V> Inner<V> {
         now: Stamp,
     ) -> Option<Due> {
         next_due(&self.settings, key, &entry.facts(w), now)
+    }
+
+    /// When `entry` is next due, taking its lock only if it is failing.
+    fn next_due_unlocked(&self, key: &QueryKey, entry: &Entry<V>, now: Stamp) -> Option<Due> {
+        match entry.facts_if_healthy() {
+            Some(facts) => next_due(&self.settings, key, &facts, now),
+            None => self.next_due_of(key, entry, &entry.lock(), now),
+        }
     }
 
     /// Queues `entry` for `due`, if it has one (and a service is attached).
