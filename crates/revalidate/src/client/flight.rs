@@ -448,7 +448,7 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
                         // If an invalidation arrived meanwhile, the result may
                         // predate the change behind it: store it, but keep
                         // the entry stale so that it is fetched again.
-                        self.store_answer(
+                        store_answer(
                             entry,
                             &mut w,
                             fetched.value,
@@ -461,7 +461,7 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
                     Answer::Fetched(Err(e), _) => Err(e),
                     Answer::Adopted(remote) => {
                         let at = self.clock.stamp_of(remote.updated_at).min(now);
-                        self.store_answer(
+                        store_answer(
                             entry,
                             &mut w,
                             Some(remote.value),
@@ -525,36 +525,6 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
             next,
             attempt,
             tx: lease.tx.take(),
-        }
-    }
-
-    /// Stores a value in `entry` (under its lock).
-    fn store_answer(
-        &self,
-        entry: &Entry<V>,
-        w: &mut Locked<'_, V>,
-        value: Option<V>,
-        at: Stamp,
-        validated: bool,
-        versioning: Versioning,
-        guard: &papaya::LocalGuard<'_>,
-    ) -> Result<Stored<V>, FetchError> {
-        match entry.store(w, value, at, validated, versioning, guard) {
-            Some((cached, changed)) => {
-                entry.record_success(w);
-                Ok(Stored {
-                    hit: Hit::fetched(cached.expect("checked by the caller"), entry.version()),
-                    changed,
-                })
-            }
-            // Older than what the entry holds: keep that.
-            None => entry
-                .data(guard)
-                .map(|v| Stored {
-                    hit: Hit::fetched(v, entry.version()),
-                    changed: false,
-                })
-                .ok_or_else(uncached_answer_lost),
         }
     }
 
@@ -632,6 +602,35 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
                 }
             }
         }
+    }
+}
+
+/// Stores a value in `entry` (under its lock).
+fn store_answer<V: PartialEq>(
+    entry: &Entry<V>,
+    w: &mut Locked<'_, V>,
+    value: Option<V>,
+    at: Stamp,
+    validated: bool,
+    versioning: Versioning,
+    guard: &papaya::LocalGuard<'_>,
+) -> Result<Stored<V>, FetchError> {
+    match entry.store(w, value, at, validated, versioning, guard) {
+        Some((cached, changed)) => {
+            entry.record_success(w);
+            Ok(Stored {
+                hit: Hit::fetched(cached.expect("checked by the caller"), entry.version()),
+                changed,
+            })
+        }
+        // Older than what the entry holds: keep that.
+        None => entry
+            .data(guard)
+            .map(|v| Stored {
+                hit: Hit::fetched(v, entry.version()),
+                changed: false,
+            })
+            .ok_or_else(uncached_answer_lost),
     }
 }
 
