@@ -114,6 +114,12 @@ pub enum DurationError {
     /// The duration is negative.
     #[error("a negative duration is not allowed")]
     Negative,
+    /// The duration is longer than any the engine accepts (ten years).
+    #[error("`{text}` is longer than ten years")]
+    TooLong {
+        /// The text that was given.
+        text: String,
+    },
     /// The text is not a duration.
     #[error("`{text}` is not a duration: {reason}")]
     Invalid {
@@ -128,7 +134,8 @@ pub enum DurationError {
 ///
 /// # Errors
 ///
-/// Zero, negative and unparseable durations are errors, never defaults.
+/// Zero, negative, unparseable and absurd (over ten years) durations are
+/// errors, never defaults.
 pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let t = text.trim();
     if t.starts_with('-') {
@@ -141,8 +148,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     if d.is_zero() {
         return Err(DurationError::Zero);
     }
+    if d > MAX_DURATION {
+        return Err(DurationError::TooLong {
+            text: text.to_owned(),
+        });
+    }
     Ok(d)
 }
+
+/// The longest duration accepted anywhere: ten years. Longer ones are
+/// mistakes (`"99999999999h"`) that would overflow deadlines.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
 
 /// One table of staleness rules: the base table or a profile.
 #[derive(Clone, Debug, Default, PartialEq)]

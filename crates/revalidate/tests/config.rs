@@ -313,3 +313,32 @@ fn the_example_file_on_disk_loads() {
         Config::from_toml("x", SEED).unwrap()
     );
 }
+
+#[test]
+fn absurd_durations_and_limits_are_mistakes_not_settings() {
+    let text = r#"
+[staleness]
+process = "99999999999h"
+
+[refresh]
+check_interval = "1ms"
+retry_interval = "99999999999h"
+max_concurrent_refreshes = 99999999999999
+batch_size = 1000000
+max_retries = 1000
+"#;
+    let err = Config::from_toml("revalidate.toml", text).unwrap_err();
+    let keys: Vec<&str> = err.errors().iter().map(|e| e.key()).collect();
+    assert_eq!(
+        keys,
+        vec![
+            "staleness.process",
+            "refresh.check_interval",
+            "refresh.retry_interval",
+            "refresh.max_concurrent_refreshes",
+            "refresh.batch_size",
+            "refresh.max_retries",
+        ]
+    );
+    insta::assert_snapshot!("absurd_values", err.to_string());
+}

@@ -270,16 +270,41 @@ fn read_overrides(
     out
 }
 
+/// Bounds of the `[refresh]` keys: beyond them a value is a mistake, not a
+/// setting (`max_concurrent_refreshes = 99999999999999`).
+const MIN_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+const MAX_CONCURRENCY: u64 = 10_000;
+const MAX_BATCH: u64 = 10_000;
+const MAX_RETRIES: u32 = 100;
+const MAX_OFFLINE_AFTER: u64 = 10_000;
+
 fn read_refresh(t: &Table<'_>) -> RefreshSettings {
     let mut s = RefreshSettings::default();
     let usize_of = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
-    if let Some(d) = t.duration("check_interval") {
-        s.check_interval = d;
+    if let Some(item) = t.item("check_interval")
+        && let Some(d) = item.as_duration()
+    {
+        if d < MIN_CHECK_INTERVAL {
+            item.invalid::<()>(
+                "a duration of at least 10ms, like \"30s\"",
+                Some("a check this often would keep the service busy for nothing".to_owned()),
+            );
+        } else {
+            s.check_interval = d;
+        }
     }
-    if let Some(n) = t.positive("max_concurrent_refreshes") {
+    if let Some(n) = t.positive_at_most(
+        "max_concurrent_refreshes",
+        MAX_CONCURRENCY,
+        "requests in flight at once would exhaust sockets long before the source",
+    ) {
         s.max_concurrent_refreshes = usize_of(n);
     }
-    if let Some(n) = t.positive("batch_size") {
+    if let Some(n) = t.positive_at_most(
+        "batch_size",
+        MAX_BATCH,
+        "keys in one request is not a batch a source can answer",
+    ) {
         s.batch_size = usize_of(n);
     }
     if let Some(b) = t.bool("retry_failed_refresh") {
@@ -290,9 +315,9 @@ fn read_refresh(t: &Table<'_>) -> RefreshSettings {
     }
     if let Some(item) = t.item("max_retries") {
         match item.as_integer().map(u32::try_from) {
-            Some(Ok(n)) => s.max_retries = n,
-            Some(Err(_)) => {
-                item.invalid::<()>("a whole number from 0 to 4294967295", None);
+            Some(Ok(n)) if n <= MAX_RETRIES => s.max_retries = n,
+            Some(_) => {
+                item.invalid::<()>(&format!("a whole number from 0 to {MAX_RETRIES}"), None);
             }
             None => {}
         }
@@ -318,7 +343,11 @@ fn read_refresh(t: &Table<'_>) -> RefreshSettings {
             None => {}
         }
     }
-    if let Some(n) = t.positive("offline_after_errors") {
+    if let Some(n) = t.positive_at_most(
+        "offline_after_errors",
+        MAX_OFFLINE_AFTER,
+        "errors in a row would never call the source offline",
+    ) {
         s.offline_after_errors = u32::try_from(n).unwrap_or(u32::MAX);
     }
     if let Some(d) = t.duration("shutdown_grace") {

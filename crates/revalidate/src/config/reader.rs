@@ -284,6 +284,20 @@ impl<'a> Table<'a> {
         self.item(key)?.as_positive()
     }
 
+    /// A positive integer at `key`, at most `max` (a larger one is reported,
+    /// naming `what` it would mean).
+    pub fn positive_at_most(&self, key: &str, max: u64, what: &str) -> Option<u64> {
+        let item = self.item(key)?;
+        let n = item.as_positive()?;
+        if n > max {
+            return item.invalid(
+                &format!("a whole number from 1 to {max}"),
+                Some(format!("{n} {what}")),
+            );
+        }
+        Some(n)
+    }
+
     /// A number (integer or float) at `key`.
     pub fn number(&self, key: &str) -> Option<f64> {
         self.item(key)?.as_number()
@@ -533,6 +547,10 @@ fn duration_help(e: &DurationError, staleness: bool) -> String {
         DurationError::Zero if staleness => "a zero staleness is written \"always\"".to_owned(),
         DurationError::Zero => "use a positive duration".to_owned(),
         DurationError::Negative => "durations cannot be negative".to_owned(),
+        DurationError::TooLong { .. } if staleness => {
+            "to never refresh by time, write \"never\"".to_owned()
+        }
+        DurationError::TooLong { .. } => "use a duration of at most ten years".to_owned(),
         DurationError::Invalid { reason, .. } => {
             format!("{reason}; units are ms, s, m, h, d (e.g. \"90s\", \"1h 30m\")")
         }
