@@ -338,6 +338,22 @@ mod tests {
     use std::collections::HashMap;
 
     #[test]
+    fn canonical_params_are_a_fixed_point_for_large_floats() {
+        // Found by the fuzzer: without exact float parsing, `11E50` read as
+        // 1.1000000000000001e51, whose text read back as 1.1e51: two keys
+        // for one datum.
+        for text in [
+            "11E50",
+            "[1.7976931348623157e308, -2.2250738585072014e-308]",
+            "{\"x\": 9.0e15}",
+        ] {
+            let params: Value = serde_json::from_str(text).unwrap();
+            let key = QueryKey::new("a", params);
+            assert_eq!(key, QueryKey::new("a", key.params()), "{text}");
+        }
+    }
+
+    #[test]
     fn member_order_does_not_matter() {
         let a = QueryKey::new("p.list", json!({"a": 1, "b": {"y": [1, 2], "x": null}}));
         let b = QueryKey::new("p.list", json!({"b": {"x": null, "y": [1, 2]}, "a": 1}));

@@ -74,6 +74,8 @@ mod client;
 pub mod config;
 mod coord;
 mod fetch;
+#[doc(hidden)]
+pub mod fuzzing;
 mod key;
 mod log;
 mod network;
