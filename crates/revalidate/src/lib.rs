@@ -78,6 +78,8 @@ mod fetch;
 pub mod fuzzing;
 mod key;
 mod log;
+#[cfg(all(test, feature = "shuttle"))]
+mod model;
 mod network;
 mod persist;
 mod policy;
@@ -88,6 +90,7 @@ mod settings;
 mod stats;
 pub mod store;
 mod suggest;
+mod sync;
 
 pub use client::{
     Change, DEFAULT_GC_TIME, FetchStatus, Freshness, Hit, QueryClient, QueryClientBuilder,

@@ -571,3 +571,23 @@ async fn max_queries_evicts_the_query_idle_longest_and_never_a_subscribed_one() 
     assert!(c.state(&key("a", json!(49))).is_some(), "the newest stays");
     assert_eq!(c.stats().evicted, 48);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_key_collected_and_cached_again_never_shows_a_lower_version() {
+    // Found by the model checker: a re-created entry restarted at version 0.
+    let fake = Fake::new();
+    let c = QueryClient::builder(fake.clone())
+        .gc_time(Duration::from_secs(1))
+        .build();
+    let k = key("a", Value::Null);
+    c.get(&k).await.unwrap();
+    c.refetch(&k).await.unwrap();
+    c.refetch(&k).await.unwrap();
+    let before = c.state(&k).unwrap().version;
+    assert_eq!(before, 3);
+    advance(Duration::from_secs(2)).await;
+    assert_eq!(c.collect_garbage(), 1);
+    assert!(c.state(&k).is_none());
+    let again = c.get_with_meta(&k).await.unwrap();
+    assert!(again.version > before, "{} after {before}", again.version);
+}

@@ -6,13 +6,13 @@
 //! entry's `cold` mutex, which no reader ever takes and no fetch holds while
 //! it waits on the source.
 
+use crate::sync::atomic::{AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering::*};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering::*};
 
+use crate::sync::{Mutex, MutexGuard};
 use futures::channel::oneshot;
 use futures::future::Shared;
 use papaya::Guard;
-use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::watch;
 
 use super::cell::DataCell;
@@ -161,14 +161,17 @@ pub(crate) struct Entry<V> {
 }
 
 impl<V> Entry<V> {
-    pub(crate) fn new(action: Arc<ActionInfo>, now: Stamp) -> Self {
-        static GENERATION: AtomicU32 = AtomicU32::new(0);
+    /// A new entry, without data, whose versions continue from `version`
+    /// (see `Inner::version_floor`).
+    pub(crate) fn new(action: Arc<ActionInfo>, now: Stamp, version: u64) -> Self {
+        // A process-wide counter, not part of any entry's synchronisation.
+        static GENERATION: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         Self {
             data: DataCell::empty(),
             action,
             updated_at: AtomicI64::new(i64::MIN),
             last_read: AtomicI64::new(now.0),
-            version: AtomicU64::new(0),
+            version: AtomicU64::new(version),
             slot: Slot::new(),
             generation: GENERATION.fetch_add(1, Relaxed),
             errors: AtomicU32::new(0),

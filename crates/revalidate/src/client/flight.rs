@@ -487,20 +487,33 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
                 w.tidy();
                 result
             }
-            // The query was removed while fetching: hand the value to the
-            // readers who asked, without caching it.
-            None => match answer {
-                Answer::Fetched(r, _) => r.and_then(|f| {
-                    f.value
-                        .map(|v| Hit::fetched(Arc::new(v), 0))
-                        .ok_or_else(|| {
-                            FetchError::bad_data(
-                                "\"not modified\" for a query that is no longer cached",
-                            )
-                        })
-                }),
-                Answer::Adopted(remote) => Ok(Hit::fetched(Arc::new(remote.value), remote.version)),
-            },
+            // The query was removed while fetching, and may have been
+            // cached again since. A newer incarnation's data is newer than
+            // this fetch: its readers get that. Otherwise they get the value
+            // without caching it, with the key's last version (so that no
+            // reader sees its versions go down).
+            None => {
+                let newer = self
+                    .map
+                    .get(&lease.key, guard)
+                    .and_then(|e| e.data(guard).map(|v| Hit::fetched(v, e.version())));
+                match (newer, answer) {
+                    (Some(hit), _) => Ok(hit),
+                    (None, Answer::Fetched(r, _)) => r.and_then(|f| {
+                        let version = self.version_floor.load(Relaxed).max(lease.version);
+                        f.value
+                            .map(|v| Hit::fetched(Arc::new(v), version))
+                            .ok_or_else(|| {
+                                FetchError::bad_data(
+                                    "\"not modified\" for a query that is no longer cached",
+                                )
+                            })
+                    }),
+                    (None, Answer::Adopted(remote)) => {
+                        Ok(Hit::fetched(Arc::new(remote.value), remote.version))
+                    }
+                }
+            }
         };
         let end = match &result {
             _ if adopted => FetchEnd::Adopted,
@@ -552,6 +565,8 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
             _ => {}
         }
         if let Some(entry) = outcome.entry {
+            let guard = self.map.guard();
+            self.keep_versions_rising(key, entry, &guard);
             if let Err(e) = &outcome.result {
                 self.log_failure(key, e, outcome.attempt, outcome.next, outcome.at);
             }

@@ -79,7 +79,17 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
     ) -> Option<QueryKey> {
         let gone = self.map.remove_if(
             &d.key,
-            |_, e| e.generation == d.generation && e.last_read() == idle_since && !Self::is_busy(e),
+            |_, e| {
+                let idle = e.generation == d.generation
+                    && e.last_read() == idle_since
+                    && !Self::is_busy(e);
+                if idle {
+                    // Before the entry leaves the map, so that an entry
+                    // created for the key right after starts above it.
+                    self.version_floor.fetch_max(e.version(), Relaxed);
+                }
+                idle
+            },
             guard,
         );
         match gone {

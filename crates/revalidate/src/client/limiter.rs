@@ -4,7 +4,7 @@
 //! how many requests are in flight. A permit lives as long as its request:
 //! dropping it (the request ended, or its future was cancelled) gives it back.
 
-use std::sync::atomic::{AtomicUsize, Ordering::*};
+use crate::sync::atomic::{AtomicUsize, Ordering::*};
 
 use tokio::sync::{Semaphore, SemaphorePermit};
 

@@ -31,9 +31,9 @@ mod snapshot;
 mod state;
 mod subscription;
 
+use crate::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
 
 use futures::channel::oneshot;
@@ -130,6 +130,10 @@ pub(crate) struct Inner<V> {
     network: NetworkMonitor,
     limiter: Limiter,
     gc: GarbageQueue,
+    /// The highest version of any entry removed so far. A new entry's
+    /// versions continue from it, so that a key removed (collected,
+    /// evicted) and cached again never shows a lower version than before.
+    version_floor: AtomicU64,
     schedule: RefreshSchedule,
     hooks: std::sync::OnceLock<Arc<dyn ChangeHook<V>>>,
     changes: tokio::sync::broadcast::Sender<Change>,
@@ -278,6 +282,7 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClientBuilder<V> {
                 clock: Clock::new(self.clock),
                 network: self.network.unwrap_or_default(),
                 gc: GarbageQueue::new(self.gc_time, self.max_queries),
+                version_floor: AtomicU64::new(0),
                 schedule: RefreshSchedule::new(),
                 hooks: std::sync::OnceLock::new(),
                 changes: tokio::sync::broadcast::Sender::new(CHANGES_CAPACITY),
@@ -433,6 +438,7 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClient<V> {
         let due = inner.next_due_of(key, entry, &w, now);
         w.tidy();
         drop(w);
+        inner.keep_versions_rising(key, entry, &guard);
         inner.reschedule(key, entry, due);
         if changed {
             inner.changed(key);
@@ -649,6 +655,12 @@ impl<V> Inner<V> {
             .filter(|e| e.generation == generation)
     }
 
+    /// The generation of `key`'s entry, if it is cached (for the model checker).
+    #[cfg(all(test, feature = "shuttle"))]
+    pub(crate) fn generation_of(&self, key: &QueryKey) -> Option<u32> {
+        self.map.get(key, &self.map.guard()).map(|e| e.generation)
+    }
+
     /// A guard of the cache's map, under which entries can be looked at.
     pub(crate) fn guard(&self) -> papaya::LocalGuard<'_> {
         self.map.guard()
@@ -729,6 +741,20 @@ impl<V> Inner<V> {
         }
     }
 
+    /// A write may land on an entry removed meanwhile (its writer held it
+    /// before the removal): raise the version floor past it, so that the
+    /// key's next entry never shows a lower version than a reader saw.
+    fn keep_versions_rising(
+        &self,
+        key: &QueryKey,
+        entry: &Entry<V>,
+        guard: &papaya::LocalGuard<'_>,
+    ) {
+        if self.entry_of(key, entry.generation, guard).is_none() {
+            self.version_floor.fetch_max(entry.version(), Relaxed);
+        }
+    }
+
     /// Queues `entry` for `due`, if it has one (and a service is attached).
     fn reschedule(&self, key: &QueryKey, entry: &Entry<V>, due: Option<Due>) {
         if let Some(due) = due {
@@ -739,7 +765,16 @@ impl<V> Inner<V> {
 
     fn remove_entry(&self, key: &QueryKey) -> bool {
         let guard = self.map.guard();
-        match self.map.remove(key, &guard) {
+        let removed = self.map.remove_if(
+            key,
+            |_, e| {
+                // Before the entry leaves the map (see `version_floor`).
+                self.version_floor.fetch_max(e.version(), Relaxed);
+                true
+            },
+            &guard,
+        );
+        match removed.ok().flatten().map(|(_, e)| e) {
             Some(entry) => {
                 // End subscriptions now rather than when the map reclaims the node.
                 let cold = entry.lock().take();
@@ -901,14 +936,17 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
         if let Some(entry) = self.map.get(key, guard) {
             return entry;
         }
-        let entry = Entry::new(self.action_info(key.action()), now);
+        let floor = self.version_floor.load(Relaxed);
+        let entry = Entry::new(self.action_info(key.action()), now, floor);
         if self.map.len() >= self.gc.max_queries() {
             self.evict_one(now);
         }
         match self.map.try_insert(key.clone(), entry, guard) {
             Ok(entry) => {
-                self.gc.push(now, key.clone(), entry.generation);
+                // Collect a little first, then queue the new entry: it must
+                // not be collected by the call that created it.
                 self.collect_garbage(now, 16);
+                self.gc.push(now, key.clone(), entry.generation);
                 entry
             }
             Err(occupied) => occupied.current,

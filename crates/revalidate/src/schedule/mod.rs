@@ -21,11 +21,11 @@ mod slot;
 
 pub(crate) use slot::Slot;
 
+use crate::sync::atomic::{AtomicBool, AtomicI64, Ordering::*};
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::*};
 
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 use tokio::sync::Notify;
 
 use crate::key::QueryKey;

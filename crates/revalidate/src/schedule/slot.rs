@@ -11,7 +11,7 @@
 //!
 //! The transitions are the methods below; nothing else writes the word.
 
-use std::sync::atomic::{AtomicI64, Ordering::*};
+use crate::sync::atomic::{AtomicI64, Ordering::*};
 
 use crate::rt::Stamp;
 
