@@ -34,6 +34,13 @@ pub struct Holding {
     pub updated_at: Option<SystemTime>,
     /// The key's staleness limit.
     pub staleness: Staleness,
+    /// Whether the node's entry was invalidated: data that is fresh by time
+    /// alone must not be adopted then.
+    pub invalidated: bool,
+    /// Whether a reader waits for this fetch (a miss, a refetch) rather than
+    /// the refresh service: a reader should wait for another node's fetch in
+    /// flight, the service can leave it to that node.
+    pub reader: bool,
 }
 
 /// A coordinator's permission for one fetch. For a cluster it is the
@@ -73,6 +80,10 @@ pub enum Grant<V> {
     /// A value at least as new as this node's is available: store it
     /// instead of fetching.
     Adopt(Remote<V>),
+    /// Another node is fetching the key: do not fetch, and look again after
+    /// this long unless its result arrives first (only for the refresh
+    /// service; readers are never skipped).
+    Skip(std::time::Duration),
 }
 
 /// A coordinator's answer after a fetch.
@@ -118,6 +129,18 @@ pub trait Coordinator<V: Send + Sync + 'static>: Send + Sync + 'static {
         result: &Result<Fetched<V>, FetchError>,
         previous: Option<&Arc<V>>,
     ) -> impl Future<Output = Publish> + Send;
+
+    /// The application wrote `key` here ([`QueryClient::set_data`](crate::QueryClient::set_data)):
+    /// `value` is now its data at `version`. Called synchronously, after the
+    /// write; a cluster coordinator hands it to its own task. Default: nothing.
+    fn wrote(&self, key: &QueryKey, value: &Arc<V>, version: u64) {
+        let _ = (key, value, version);
+    }
+
+    /// The application invalidated `filter` here. Default: nothing.
+    fn invalidated(&self, filter: &crate::QueryFilter) {
+        let _ = filter;
+    }
 }
 
 /// One node deciding for itself: every fetch is granted and versions are
@@ -147,6 +170,8 @@ impl<V: Send + Sync + 'static> Coordinator<V> for LocalCoordinator {
 
 /// The object-safe form of [`Coordinator`] that the client stores.
 pub(crate) trait DynCoordinator<V>: Send + Sync {
+    fn wrote(&self, key: &QueryKey, value: &Arc<V>, version: u64);
+    fn invalidated(&self, filter: &crate::QueryFilter);
     fn acquire<'a>(&'a self, key: &'a QueryKey, holding: &'a Holding) -> BoxFuture<'a, Grant<V>>;
     fn publish<'a>(
         &'a self,
@@ -158,6 +183,12 @@ pub(crate) trait DynCoordinator<V>: Send + Sync {
 }
 
 impl<V: Send + Sync + 'static, C: Coordinator<V>> DynCoordinator<V> for C {
+    fn wrote(&self, key: &QueryKey, value: &Arc<V>, version: u64) {
+        Coordinator::wrote(self, key, value, version);
+    }
+    fn invalidated(&self, filter: &crate::QueryFilter) {
+        Coordinator::invalidated(self, filter);
+    }
     fn acquire<'a>(&'a self, key: &'a QueryKey, holding: &'a Holding) -> BoxFuture<'a, Grant<V>> {
         Box::pin(Coordinator::acquire(self, key, holding))
     }

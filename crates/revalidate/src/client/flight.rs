@@ -69,6 +69,9 @@ pub(crate) enum Ran<V> {
     /// The source went offline while it waited for its turn: not fetched,
     /// the entry untouched.
     Deferred,
+    /// The coordinator said another node is fetching it: not fetched here,
+    /// the entry untouched and looked at again after the given time.
+    Skipped,
 }
 
 /// What a reader does about a key without data.
@@ -257,6 +260,8 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
                 version: entry.version(),
                 updated_at: entry.updated_at().map(|t| self.clock.wall_of(t)),
                 staleness: entry.action.staleness,
+                invalidated: entry.is_invalidated(),
+                reader: purpose == Purpose::Read,
             },
             purpose,
             retry: purpose != Purpose::Read && entry.errors() > 0,
@@ -271,6 +276,9 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
                 let started = self.clock.now();
                 return self.settle(lease, Answer::Adopted(remote), started);
             }
+            // A reader is never left without a value: it fetches itself.
+            Grant::Skip(_) if lease.purpose == Purpose::Read => Ticket(0),
+            Grant::Skip(wait) => return self.skip(lease, wait),
         };
         let permit = self.limiter.acquire().await;
         if !self.may_fetch(lease.purpose) {
@@ -324,6 +332,7 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
                     let started = self.clock.now();
                     ran[i] = Some(self.settle(lease, Answer::Adopted(remote), started));
                 }
+                Grant::Skip(wait) => ran[i] = Some(self.skip(lease, wait)),
             }
         }
         if !granted.is_empty() {
@@ -366,6 +375,20 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
         ran.into_iter()
             .map(|r| r.expect("every lease ran or was deferred"))
             .collect()
+    }
+
+    /// Another node fetches the key: release the flight and look at the key
+    /// again after `wait`, unless that node's result arrives first.
+    fn skip(&self, lease: Lease<V>, wait: Duration) -> Ran<V> {
+        let (key, generation) = (lease.key.clone(), lease.generation);
+        drop(lease);
+        let guard = self.map.guard();
+        if let Some(entry) = self.entry_of(&key, generation, &guard) {
+            let at = self.clock.now().add(wait);
+            self.schedule
+                .schedule(&entry.slot, entry.generation, &key, at);
+        }
+        Ran::Skipped
     }
 
     /// A granted fetch that will not run: the coordinator hears that it

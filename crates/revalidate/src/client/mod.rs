@@ -440,11 +440,58 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClient<V> {
         drop(w);
         inner.keep_versions_rising(key, entry, &guard);
         inner.reschedule(key, entry, due);
+        let cached = cached.expect("a value was stored");
         if changed {
             inner.changed(key);
             inner.announce(key, entry);
+            if let Some(c) = &inner.coordinator {
+                c.wrote(key, &cached, entry.version());
+            }
         }
-        cached.expect("a value was stored")
+        cached
+    }
+
+    /// Stores a value another node produced (a cluster's change feed), if
+    /// its version is newer than the one cached here, or the same version
+    /// confirmed at a later time. Only a cached query is updated: a node
+    /// keeps what its own readers asked for. Returns whether anything was
+    /// stored. Subscribers and [`changes`](Self::changes) hear of a real
+    /// change as of any other.
+    pub fn apply_remote(&self, key: &QueryKey, remote: crate::Remote<V>) -> bool {
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        let guard = inner.map.guard();
+        let Some(entry) = inner.map.get(key, &guard) else {
+            return false;
+        };
+        let at = inner.clock.stamp_of(remote.updated_at).min(now);
+        let mut w = entry.lock();
+        let newer = remote.version > entry.version()
+            || (remote.version == entry.version() && entry.updated_at().is_none_or(|u| at > u));
+        if !newer {
+            return false;
+        }
+        let Some((_, changed)) = entry.store(
+            &mut w,
+            Some(remote.value),
+            at,
+            true,
+            entry::Versioning::Given(remote.version),
+            &guard,
+        ) else {
+            return false;
+        };
+        entry.record_success(&mut w);
+        let due = inner.next_due_of(key, entry, &w, now);
+        w.tidy();
+        drop(w);
+        inner.keep_versions_rising(key, entry, &guard);
+        inner.reschedule(key, entry, due);
+        inner.changed(key);
+        if changed {
+            inner.announce(key, entry);
+        }
+        true
     }
 
     /// Watches `key`: a stream of its new values, one per real change. A
@@ -490,9 +537,19 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClient<V> {
     /// active ones in its next check; inactive ones are refreshed when next
     /// read. Returns how many queries were marked.
     pub fn invalidate(&self, filter: impl Into<QueryFilter>) -> usize {
+        let filter = filter.into();
+        let n = self.invalidate_here(&filter);
+        if let Some(c) = &self.inner.coordinator {
+            c.invalidated(&filter);
+        }
+        n
+    }
+
+    /// Marks the matching queries stale on this node only (an invalidation
+    /// another node made, heard through a cluster's change feed).
+    pub(crate) fn invalidate_here(&self, filter: &QueryFilter) -> usize {
         let inner = &self.inner;
         let now = inner.clock.now();
-        let filter = filter.into();
         let guard = inner.map.guard();
         let mut n = 0;
         let mut mark = |key: &QueryKey, entry: &Entry<V>| {
@@ -505,7 +562,7 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClient<V> {
             inner.changed(key);
             n += 1;
         };
-        match &filter {
+        match filter {
             QueryFilter::Key(key) => {
                 if let Some(entry) = inner.map.get(key, &guard) {
                     mark(key, entry);
@@ -992,6 +1049,7 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
                 Ran::Done { result, .. } => return result,
                 // The network went away while the fetch waited for its turn.
                 Ran::Deferred => return Err(self.skipped_offline(key)),
+                Ran::Skipped => unreachable!("readers are never skipped"),
             }
         }
     }

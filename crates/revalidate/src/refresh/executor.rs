@@ -132,6 +132,8 @@ async fn run_single<V: PartialEq + Send + Sync + 'static>(
         }
         Ran::Done { result: Err(_), .. } => report.failed += 1,
         Ran::Deferred => report.deferred.push(work),
+        // Another node fetches it; the skip rescheduled it.
+        Ran::Skipped => {}
     }
     report
 }
@@ -167,6 +169,7 @@ async fn run_batch<V: PartialEq + Send + Sync + 'static>(
                 }
             }
             Ran::Deferred => report.deferred.push(work),
+            Ran::Skipped => {}
         }
     }
     if report.succeeded + report.failed > 0 {
