@@ -37,6 +37,9 @@ pub struct Holding {
     /// Whether the node's entry was invalidated: data that is fresh by time
     /// alone must not be adopted then.
     pub invalidated: bool,
+    /// Whether the caller asked for the source itself (a refetch): a value
+    /// fresh by time elsewhere will not do.
+    pub forced: bool,
     /// Whether a reader waits for this fetch (a miss, a refetch) rather than
     /// the refresh service: a reader should wait for another node's fetch in
     /// flight, the service can leave it to that node.

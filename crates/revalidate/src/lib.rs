@@ -71,6 +71,8 @@
 //! futures the application awaits.
 
 mod client;
+#[cfg(feature = "redis")]
+pub mod cluster;
 pub mod config;
 mod coord;
 mod fetch;

@@ -192,6 +192,12 @@ pub(crate) fn wall_now() -> SystemTime {
     SystemTime::now()
 }
 
+/// Sleeps for `d` on tokio's clock.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) async fn sleep(d: Duration) {
+    tokio::time::sleep(d).await;
+}
+
 /// Sleeps until `deadline` on tokio's clock; forever without one.
 pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {

@@ -261,6 +261,8 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
                 updated_at: entry.updated_at().map(|t| self.clock.wall_of(t)),
                 staleness: entry.action.staleness,
                 invalidated: entry.is_invalidated(),
+                // A reader leads a fetch of cached data only for a refetch.
+                forced: purpose == Purpose::Read && entry.has_data(),
                 reader: purpose == Purpose::Read,
             },
             purpose,

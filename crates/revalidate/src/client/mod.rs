@@ -718,6 +718,19 @@ impl<V> Inner<V> {
         self.map.get(key, &self.map.guard()).map(|e| e.generation)
     }
 
+    /// Every cached key (a cluster's reconciliation walks them).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn keys(&self) -> Vec<QueryKey> {
+        let guard = self.map.guard();
+        self.map.iter(&guard).map(|(k, _)| k.clone()).collect()
+    }
+
+    /// Whether `key` is cached.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn contains(&self, key: &QueryKey) -> bool {
+        self.map.contains_key(key, &self.map.guard())
+    }
+
     /// A guard of the cache's map, under which entries can be looked at.
     pub(crate) fn guard(&self) -> papaya::LocalGuard<'_> {
         self.map.guard()
@@ -914,6 +927,62 @@ impl<V> Inner<V> {
 }
 
 impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
+    /// Takes note that another node confirmed `key`'s data at `version`
+    /// (the source answered the same) at `updated_at`: the entry counts as
+    /// fresh from then, if it holds that version and older news.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn confirm(&self, key: &QueryKey, version: u64, updated_at: SystemTime) -> bool {
+        let now = self.clock.now();
+        let guard = self.map.guard();
+        let Some(entry) = self.map.get(key, &guard) else {
+            return false;
+        };
+        let at = self.clock.stamp_of(updated_at).min(now);
+        let mut w = entry.lock();
+        if entry.version() != version || entry.updated_at().is_none_or(|u| u >= at) {
+            return false;
+        }
+        entry.store(
+            &mut w,
+            None,
+            at,
+            true,
+            entry::Versioning::Given(version),
+            &guard,
+        );
+        let due = self.next_due_of(key, entry, &w, now);
+        drop(w);
+        self.reschedule(key, entry, due);
+        self.changed(key);
+        true
+    }
+
+    /// Renumbers `key`'s data from version `from` to `to` (a cluster gave
+    /// this node's own write a version that is the same on every node).
+    /// Does nothing if the data changed since (its version is not `from`)
+    /// or `to` is not higher.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn renumber(&self, key: &QueryKey, from: u64, to: u64) -> bool {
+        let guard = self.map.guard();
+        let Some(entry) = self.map.get(key, &guard) else {
+            return false;
+        };
+        let mut w = entry.lock();
+        if entry.version() != from || to <= from {
+            return false;
+        }
+        entry
+            .store(
+                &mut w,
+                None,
+                entry.updated_at().unwrap_or_default(),
+                false,
+                entry::Versioning::Given(to),
+                &guard,
+            )
+            .is_some()
+    }
+
     /// The cached read path. Calls `f` with the entry, its value, the time
     /// and whether the value is stale; `None` when nothing is cached.
     #[inline]
