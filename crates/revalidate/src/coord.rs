@@ -144,6 +144,16 @@ pub trait Coordinator<V: Send + Sync + 'static>: Send + Sync + 'static {
     fn invalidated(&self, filter: &crate::QueryFilter) {
         let _ = filter;
     }
+
+    /// Salts this node's jitter of due times (see
+    /// [`RefreshSettings::jitter`](crate::RefreshSettings::jitter)). A
+    /// cluster coordinator gives each node its own, so that the nodes' due
+    /// times for one key spread: the first node refreshes it and the others
+    /// hear the result before their turn comes, instead of all asking at
+    /// one instant. Default 0 (the same jitter on every run).
+    fn jitter_salt(&self) -> u64 {
+        0
+    }
 }
 
 /// One node deciding for itself: every fetch is granted and versions are
@@ -173,6 +183,7 @@ impl<V: Send + Sync + 'static> Coordinator<V> for LocalCoordinator {
 
 /// The object-safe form of [`Coordinator`] that the client stores.
 pub(crate) trait DynCoordinator<V>: Send + Sync {
+    fn jitter_salt(&self) -> u64;
     fn wrote(&self, key: &QueryKey, value: &Arc<V>, version: u64);
     fn invalidated(&self, filter: &crate::QueryFilter);
     fn acquire<'a>(&'a self, key: &'a QueryKey, holding: &'a Holding) -> BoxFuture<'a, Grant<V>>;
@@ -186,6 +197,9 @@ pub(crate) trait DynCoordinator<V>: Send + Sync {
 }
 
 impl<V: Send + Sync + 'static, C: Coordinator<V>> DynCoordinator<V> for C {
+    fn jitter_salt(&self) -> u64 {
+        Coordinator::jitter_salt(self)
+    }
     fn wrote(&self, key: &QueryKey, value: &Arc<V>, version: u64) {
         Coordinator::wrote(self, key, value, version);
     }

@@ -53,7 +53,7 @@ use crate::network::NetworkMonitor;
 use crate::policy::Policy;
 use crate::rt::{Clock, ClockSource, Stamp};
 use crate::schedule::RefreshSchedule;
-use crate::schedule::due::{Due, next_due};
+use crate::schedule::due::{Due, Facts, next_due};
 use crate::settings::{RefreshSettings, SettingsError};
 use crate::stats::{CacheStats, Read, ResourceCounters, Stats};
 use gc::GarbageQueue;
@@ -134,6 +134,8 @@ pub(crate) struct Inner<V> {
     /// versions continue from it, so that a key removed (collected,
     /// evicted) and cached again never shows a lower version than before.
     version_floor: AtomicU64,
+    /// Salts the due-time jitter: the coordinator's (0 alone).
+    jitter_salt: u64,
     schedule: RefreshSchedule,
     hooks: std::sync::OnceLock<Arc<dyn ChangeHook<V>>>,
     changes: tokio::sync::broadcast::Sender<Change>,
@@ -265,6 +267,7 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClientBuilder<V> {
 
     /// Builds the client.
     pub fn build(self) -> QueryClient<V> {
+        let jitter_salt = self.coordinator.as_ref().map_or(0, |c| c.jitter_salt());
         let map = papaya::HashMap::builder()
             .capacity(self.capacity)
             .hasher(KeyHasher)
@@ -283,6 +286,7 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClientBuilder<V> {
                 network: self.network.unwrap_or_default(),
                 gc: GarbageQueue::new(self.gc_time, self.max_queries),
                 version_floor: AtomicU64::new(0),
+                jitter_salt,
                 schedule: RefreshSchedule::new(),
                 hooks: std::sync::OnceLock::new(),
                 changes: tokio::sync::broadcast::Sender::new(CHANGES_CAPACITY),
@@ -800,13 +804,25 @@ impl<V> Inner<V> {
         w: &entry::Locked<'_, V>,
         now: Stamp,
     ) -> Option<Due> {
-        next_due(&self.settings, key, &entry.facts(w), now)
+        let facts = Facts {
+            salt: self.jitter_salt,
+            ..entry.facts(w)
+        };
+        next_due(&self.settings, key, &facts, now)
     }
 
     /// When `entry` is next due, taking its lock only if it is failing.
     fn next_due_unlocked(&self, key: &QueryKey, entry: &Entry<V>, now: Stamp) -> Option<Due> {
         match entry.facts_if_healthy() {
-            Some(facts) => next_due(&self.settings, key, &facts, now),
+            Some(facts) => next_due(
+                &self.settings,
+                key,
+                &Facts {
+                    salt: self.jitter_salt,
+                    ..facts
+                },
+                now,
+            ),
             None => self.next_due_of(key, entry, &entry.lock(), now),
         }
     }

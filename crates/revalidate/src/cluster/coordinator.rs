@@ -252,6 +252,11 @@ where
         }
     }
 
+    fn jitter_salt(&self) -> u64 {
+        // The node id's digest: stable for a node, different between nodes.
+        u64::from_str_radix(&digest(self.shared.options.node_id.as_bytes()), 16).unwrap_or(0)
+    }
+
     fn wrote(&self, key: &QueryKey, value: &Arc<V>, version: u64) {
         let _ = self
             .shared

@@ -21,6 +21,10 @@ pub(crate) struct Facts<'a> {
     pub(crate) updated_at: Option<Stamp>,
     /// Its data version (salts the jitter, so a new value moves the deadline).
     pub(crate) version: u64,
+    /// The node's own salt for the jitter (0 for a client alone): nodes of
+    /// a cluster spread their deadlines for one key, so the first refreshes
+    /// it and the others hear the result before their own turn.
+    pub(crate) salt: u64,
     /// Marked stale by an invalidation since it was last validated.
     pub(crate) invalidated: bool,
     /// Invalidations so far.
@@ -75,7 +79,7 @@ pub(crate) fn next_due(
             facts.staleness,
             updated,
             key,
-            facts.version,
+            facts.version ^ facts.salt,
             settings.jitter,
         ),
     };
@@ -200,6 +204,7 @@ mod tests {
             staleness,
             updated_at: Some(updated),
             version: 0,
+            salt: 0,
             invalidated: false,
             invalidations: 0,
             failing: None,
