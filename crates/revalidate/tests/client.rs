@@ -591,3 +591,42 @@ async fn a_key_collected_and_cached_again_never_shows_a_lower_version() {
     let again = c.get_with_meta(&k).await.unwrap();
     assert!(again.version > before, "{} after {before}", again.version);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_queries_holds_under_concurrent_misses_on_real_threads() {
+    // Found at the daemon: with reads in flight and a service attached, one
+    // eviction met the same kept entries again and again, and nothing was
+    // evicted (395 queries cached with a cap of 50 before the fix).
+    let fake = Fake::new().latency(Duration::from_millis(5));
+    let mut settings = RefreshSettings::default();
+    settings.max_concurrent_refreshes = 8;
+    let c = QueryClient::builder(fake.clone())
+        .settings(settings)
+        .unwrap()
+        .clock(revalidate::ClockSource::Coarse)
+        .max_queries(50)
+        .build();
+    let refresh = revalidate::BackgroundRefresh::new(&c).unwrap().start();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let readers = (0..8).map(|_| {
+        let (c, next, peak) = (c.clone(), next.clone(), peak.clone());
+        tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= 400 {
+                    return;
+                }
+                c.get(&key("a", json!(i))).await.unwrap();
+                peak.fetch_max(c.len(), std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    });
+    futures::future::join_all(readers).await;
+    refresh.shutdown().await;
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        peak <= 50 + 8,
+        "{peak} queries cached with a cap of 50 and 8 in flight"
+    );
+}

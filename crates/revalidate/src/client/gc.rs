@@ -111,32 +111,38 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
     pub(super) fn evict_one(&self, now: Stamp) -> bool {
         let guard = self.map.guard();
         let mut chances = 0;
+        // Deadlines looked at and kept go back after the search, so that
+        // one search never meets the same busy entry twice.
+        let mut kept = Vec::new();
+        let mut evicted = false;
         for _ in 0..EVICTION_TRIES {
             let Some(d) = self.gc.deadlines.pop_earliest() else {
-                return false;
+                break;
             };
             let Some(entry) = self.entry_of(&d.key, d.generation, &guard) else {
                 continue;
             };
             if Self::is_busy(entry) {
-                self.gc.push(now, d.key, d.generation);
+                kept.push((now.add(self.gc.gc_time), d));
                 continue;
             }
             if self.read_recently(entry, now) && chances < SECOND_CHANCES {
                 chances += 1;
-                self.gc
-                    .deadlines
-                    .push(self.expiry(entry), d.key, d.generation);
+                kept.push((self.expiry(entry), d));
                 continue;
             }
             let counters = entry.action.counters.clone();
             if let Some(key) = self.remove_idle(d, entry.last_read(), now, &guard) {
                 counters.evicted.fetch_add(1, Relaxed);
                 crate::log::decision!("🧹 evicted {key} to stay within max_queries");
-                return true;
+                evicted = true;
+                break;
             }
         }
-        false
+        for (at, d) in kept {
+            self.gc.deadlines.push(at, d.key, d.generation);
+        }
+        evicted
     }
 
     /// Removes up to `budget` queries whose gc time has passed.
