@@ -191,13 +191,6 @@ pub(crate) struct DaemonConfig {
 const DEFAULT_PATH: &str = "/actions/{action}";
 
 impl DaemonConfig {
-    /// Reads and checks a configuration file.
-    pub(crate) fn load(path: &Path) -> Result<Self, ConfigErrors> {
-        let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors::io(&name, &e))?;
-        Self::parse(&name, &text)
-    }
-
     /// Reads a configuration and runs, besides, every check `serve` makes
     /// before it binds, without touching the network or creating the store:
     /// each header value after `${ENV}` expansion, and that the store's
@@ -476,7 +469,7 @@ fn check_header_values(root: &Table<'_>) {
             };
             item.report(
                 ConfigErrorKind::InvalidValue,
-                format!("header `{}`: {problem}", item.key()),
+                format!("invalid value for `{}`: {problem}", item.path()),
                 "a header value without control characters; `${NAME}` needs NAME set in the environment".to_owned(),
                 None,
             );
@@ -496,7 +489,11 @@ fn check_store_dir(t: &Table<'_>) {
     if path.is_dir() {
         item.report(
             ConfigErrorKind::InvalidValue,
-            format!("`{}` is a directory", path.display()),
+            format!(
+                "invalid value for `{}`: `{}` is a directory",
+                item.path(),
+                path.display()
+            ),
             "the path of the store's file, like \"/var/lib/revalidate/cache.redb\"".to_owned(),
             None,
         );
@@ -519,7 +516,8 @@ fn check_store_dir(t: &Table<'_>) {
     item.report(
         ConfigErrorKind::InvalidValue,
         format!(
-            "the store `{}` cannot be created: {problem}",
+            "invalid value for `{}`: the store `{}` cannot be created: {problem}",
+            item.path(),
             path.display()
         ),
         "a file path in an existing directory the daemon may write to".to_owned(),

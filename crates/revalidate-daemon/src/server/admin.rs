@@ -51,10 +51,13 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
             env: state.admin_token_env.clone(),
         });
     };
+    // The scheme is case-insensitive (RFC 9110 §11.1): `bearer` is `Bearer`.
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token);
     match given {
         Some(given) if same_token(given.trim(), token) => Ok(()),
         _ => Err(ApiError::Unauthorized),
@@ -90,7 +93,12 @@ pub(crate) async fn invalidate(
                 return Err(ApiError::unknown_action(&state.upstream, a));
             }
             match params {
-                Some(p) => QueryFilter::Key(QueryKey::new(&a, p)),
+                Some(p @ Value::Object(_)) => QueryFilter::Key(QueryKey::new(&a, p)),
+                Some(_) => {
+                    return Err(ApiError::bad_request(
+                        "\"params\" is an object of parameters, like {\"status\": \"active\"}",
+                    ));
+                }
                 None => QueryFilter::Action(a),
             }
         }
@@ -133,6 +141,13 @@ pub(crate) fn stats_json(state: &AppState) -> Value {
             ),
         );
         map.insert(
+            "live".into(),
+            json!({
+                "subscribers": state.live.subscribers(),
+                "ticks_built": state.live.ticks_built(),
+            }),
+        );
+        map.insert(
             "upstream_requests".into(),
             json!(
                 state
@@ -160,13 +175,9 @@ fn status_of(q: &QueryState<Payload>) -> &'static str {
     }
 }
 
-pub(crate) fn queries_json(state: &AppState) -> Value {
-    let queries: Vec<Value> = state
-        .client
-        .queries()
-        .iter()
-        .map(|q| {
-            json!({
+/// One query as `/v1/queries` lists it.
+pub(crate) fn query_json(q: &QueryState<Payload>) -> Value {
+    json!({
                 "key": q.key.to_string(),
                 "action": q.key.action(),
                 "params": q.key.params(),
@@ -185,10 +196,11 @@ pub(crate) fn queries_json(state: &AppState) -> Value {
                 "version": q.version,
                 "next_check": q.next_check.map(unix_ms),
                 "bytes": q.data.as_ref().map(|d| d.body.len()),
-            })
-        })
-        .collect();
-    Value::Array(queries)
+    })
+}
+
+pub(crate) fn queries_json(state: &AppState) -> Value {
+    Value::Array(state.client.queries().iter().map(query_json).collect())
 }
 
 pub(crate) async fn queries(State(state): State<AppState>) -> axum::Json<Value> {
