@@ -223,6 +223,7 @@ pub(crate) async fn serve(
             config.server.max_live_subscribers,
             config.server.live_queries,
         )),
+        openapi: server::openapi_document(&upstream.actions()),
     });
     LiveHub::start(&state);
     let hosts = AllowedHosts::new(config.server.allowed_hosts.as_deref(), config.server.listen);

@@ -80,6 +80,17 @@ fn change(id: u64, c: &ChangeEvent) -> Event {
         .data(serde_json::to_string(c).unwrap_or_default())
 }
 
+/// Server-Sent Events: one `change` per change of a query's data.
+#[utoipa::path(get, path = "/v1/events", tag = "events",
+    params(
+        ("action" = Option<Vec<String>>, Query, description = "Only these actions (repeatable)"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event"),
+    ),
+    responses(
+        (status = 200, description = "An event stream", content_type = "text/event-stream"),
+        (status = 400, description = "A query string that is not UTF-8", body = super::openapi::ErrorBody),
+        (status = 421, description = "A Host not in allowed_hosts", body = super::openapi::ErrorBody),
+    ))]
 pub(crate) async fn events(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
@@ -237,6 +248,13 @@ impl Drop for Subscriber {
     }
 }
 
+/// Server-Sent Events for dashboards: a `tick` every second.
+#[utoipa::path(get, path = "/v1/live", tag = "events",
+    responses(
+        (status = 200, description = "An event stream", content_type = "text/event-stream"),
+        (status = 421, description = "A Host not in allowed_hosts", body = super::openapi::ErrorBody),
+        (status = 503, description = "max_live_subscribers streams are open", body = super::openapi::ErrorBody),
+    ))]
 pub(crate) async fn ticks(
     State(state): State<AppState>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {

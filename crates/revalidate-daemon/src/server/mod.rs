@@ -6,6 +6,7 @@ mod conn;
 mod error;
 mod host;
 mod live;
+mod openapi;
 mod resources;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ pub(crate) use admin::describe_metrics;
 pub(crate) use conn::{Connections, Limits, accept_loop, effective_max_connections};
 pub(crate) use host::AllowedHosts;
 pub(crate) use live::LiveHub;
+pub(crate) use openapi::document as openapi_document;
 
 use crate::events::EventLog;
 use crate::upstream::{Payload, Upstream};
@@ -45,6 +47,8 @@ pub(crate) struct Shared {
     pub(crate) shutdown: watch::Receiver<bool>,
     /// The `/v1/live` ticks.
     pub(crate) live: Arc<LiveHub>,
+    /// The OpenAPI description, with the configured actions.
+    pub(crate) openapi: serde_json::Value,
 }
 
 /// The daemon's routes, behind the `Host` check.
@@ -60,6 +64,7 @@ pub(crate) fn router(state: AppState, max_body_bytes: usize, hosts: AllowedHosts
         .route("/v1/stats", get(admin::stats))
         .route("/v1/queries", get(admin::queries))
         .route("/v1/network", get(admin::network))
+        .route("/v1/openapi.json", get(openapi::openapi_json))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

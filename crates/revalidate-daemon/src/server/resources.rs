@@ -92,6 +92,23 @@ fn percent_decode(part: &str) -> Vec<u8> {
     out
 }
 
+/// Cache-first read of one query: the query string becomes its parameters.
+#[utoipa::path(get, path = "/v1/resources/{action}", tag = "reads",
+    params(
+        ("action" = String, Path, description = "A configured action"),
+        ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer"),
+    ),
+    responses(
+        (status = 200, description = "The upstream's JSON body, byte for byte", content_type = "application/json", body = Object,
+            headers(("Age" = u64), ("Cache-Status" = String), ("ETag" = String), ("X-Revalidate-Version" = u64))),
+        (status = 304, description = "`If-None-Match` matches the ETag"),
+        (status = 400, description = "A query string that is not UTF-8", body = super::openapi::ErrorBody),
+        (status = 404, description = "Not a configured action", body = super::openapi::ErrorBody),
+        (status = 414, description = "The query string is too long", body = super::openapi::ErrorBody),
+        (status = 421, description = "A Host not in allowed_hosts", body = super::openapi::ErrorBody),
+        (status = 502, description = "Nothing cached and the upstream failed", body = super::openapi::ErrorBody),
+        (status = 503, description = "Nothing cached and the upstream is offline", body = super::openapi::ErrorBody),
+    ))]
 pub(crate) async fn read(
     State(state): State<AppState>,
     action: Result<Path<String>, PathRejection>,
