@@ -172,6 +172,7 @@ pub(crate) fn stats_json(state: &AppState) -> Value {
             json!({
                 "subscribers": state.live.subscribers(),
                 "ticks_built": state.live.ticks_built(),
+                "last_build_us": state.live.last_build_us(),
             }),
         );
         map.insert(

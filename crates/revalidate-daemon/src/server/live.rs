@@ -161,6 +161,8 @@ pub(crate) struct LiveHub {
     max_subscribers: usize,
     max_queries: usize,
     built: AtomicU64,
+    /// How long the latest tick took to build, in microseconds.
+    last_build_us: AtomicU64,
 }
 
 impl LiveHub {
@@ -172,6 +174,7 @@ impl LiveHub {
             max_subscribers,
             max_queries,
             built: AtomicU64::new(0),
+            last_build_us: AtomicU64::new(0),
         }
     }
 
@@ -183,6 +186,11 @@ impl LiveHub {
     /// Ticks built since the start.
     pub(crate) fn ticks_built(&self) -> u64 {
         self.built.load(Ordering::Relaxed)
+    }
+
+    /// How long the latest tick took to build, in microseconds.
+    pub(crate) fn last_build_us(&self) -> u64 {
+        self.last_build_us.load(Ordering::Relaxed)
     }
 
     /// Builds a tick every second while anyone listens; ends with the
@@ -198,7 +206,10 @@ impl LiveHub {
                 let wake = hub.wake.notified();
                 if hub.subscribers() > 0 {
                     let Some(state) = weak.upgrade() else { return };
+                    let started = std::time::Instant::now();
                     let tick: Arc<str> = build_tick(&state).into();
+                    let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    hub.last_build_us.store(took, Ordering::Relaxed);
                     hub.built.fetch_add(1, Ordering::Relaxed);
                     hub.latest.send_replace(Some(tick));
                 }

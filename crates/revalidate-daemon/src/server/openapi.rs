@@ -162,6 +162,8 @@ pub(crate) struct Stats {
 pub(crate) struct LiveStats {
     subscribers: u64,
     ticks_built: u64,
+    /// How long the latest tick took to build (µs).
+    last_build_us: u64,
 }
 
 #[derive(OpenApi)]
