@@ -99,9 +99,10 @@ fn init_logging(debug: bool, format: LogFormat) {
     }
 }
 
-/// Loads a configuration, printing every problem; exit code 2 on errors.
+/// Loads a configuration with every check `serve` makes before it binds,
+/// printing every problem; exit code 2 on errors.
 fn load(file: &std::path::Path, profile: Option<&str>) -> Result<DaemonConfig, ExitCode> {
-    let mut config = match DaemonConfig::load(file) {
+    let mut config = match DaemonConfig::load_for_serve(file) {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{errors}");
@@ -128,6 +129,11 @@ fn check_config(file: &std::path::Path, profile: Option<&str>) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // What `serve` builds before it binds, short of the network.
+    if let Err(e) = crate::upstream::Upstream::new(&config) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let policy = &config.engine.policy;
     println!("{}: ok", file.display());
     println!(
@@ -208,6 +214,9 @@ fn check_config(file: &std::path::Path, profile: Option<&str>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// How long the runtime may take to end its tasks once the daemon stopped.
+const RUNTIME_STOP: std::time::Duration = std::time::Duration::from_millis(500);
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -238,12 +247,17 @@ pub(crate) fn main() -> ExitCode {
             if let Some(addr) = listen {
                 config.server.listen = addr;
             }
-            match runtime().block_on(daemon::serve(config, None, daemon::signals(), None)) {
+            let rt = runtime();
+            let result =
+                rt.block_on(async { daemon::serve(config, None, daemon::signals(), None).await });
+            // Connections still open (a stop forced by a second signal or
+            // past the grace) end with the runtime; do not wait for them.
+            rt.shutdown_timeout(RUNTIME_STOP);
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e}");
                     eprintln!("error: {e}");
-                    ExitCode::FAILURE
+                    ExitCode::from(e.exit_code())
                 }
             }
         }
@@ -253,11 +267,14 @@ pub(crate) fn main() -> ExitCode {
             debug,
         } => {
             init_logging(debug, LogFormat::Text);
-            match runtime().block_on(demo::run(listen, !no_traffic)) {
+            let rt = runtime();
+            let result = rt.block_on(demo::run(listen, !no_traffic));
+            rt.shutdown_timeout(RUNTIME_STOP);
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");
-                    ExitCode::FAILURE
+                    ExitCode::from(e.exit_code())
                 }
             }
         }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use revalidate::config::{ConfigErrorKind, ConfigErrors, Table, read};
+use toml::de::{DeTable, DeValue};
 
 /// How to call one action upstream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +54,107 @@ pub(crate) struct ServerConfig {
     pub(crate) max_body_bytes: usize,
     /// Change events kept for `Last-Event-ID` resumption.
     pub(crate) event_replay: usize,
+    /// How long a stop waits for open requests before it closes them.
+    pub(crate) shutdown_grace: Duration,
+    /// How long a client may take to send a request's head, from its first
+    /// byte.
+    pub(crate) header_read_timeout: Duration,
+    /// How long a connection may stay open with no request in flight.
+    pub(crate) idle_timeout: Duration,
+    /// The most connections served at once (lowered to what the open-file
+    /// limit allows).
+    pub(crate) max_connections: usize,
+    /// The most `/v1/live` streams at once.
+    pub(crate) max_live_subscribers: usize,
+    /// The most queries listed in one `/v1/live` tick.
+    pub(crate) live_queries: usize,
+    /// The most queries the cache holds.
+    pub(crate) max_queries: usize,
+    /// `Host` values accepted; `None`: the defaults for the listen address.
+    pub(crate) allowed_hosts: Option<Vec<HostPattern>>,
+}
+
+/// One `[server] allowed_hosts` entry: a host name or address, a
+/// `*.domain` wildcard, or `*` (anything), with an optional port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum HostPattern {
+    /// Any host.
+    Any,
+    /// This host (lower case; IPv6 in brackets), on `port` or on any port.
+    Exact { host: String, port: Option<u16> },
+    /// Any subdomain of `suffix` (stored with its leading dot).
+    Subdomain { suffix: String, port: Option<u16> },
+}
+
+impl HostPattern {
+    /// Parses an entry; `Err` says what is wrong.
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text == "*" {
+            return Ok(Self::Any);
+        }
+        let (host, port) = split_host_port(text)?;
+        if host.is_empty() {
+            return Err("the host is empty".into());
+        }
+        if let Some(domain) = host.strip_prefix("*.") {
+            if domain.is_empty() || domain.contains('*') {
+                return Err(
+                    "a wildcard is `*.` followed by a domain, like \"*.example.com\"".into(),
+                );
+            }
+            return Ok(Self::Subdomain {
+                suffix: format!(".{domain}"),
+                port,
+            });
+        }
+        if host.contains('*') {
+            return Err("`*` is allowed alone or as the first label (\"*.example.com\")".into());
+        }
+        Ok(Self::Exact { host, port })
+    }
+
+    /// Whether a request's `Host` (already split, host in lower case)
+    /// matches.
+    pub(crate) fn matches(&self, host: &str, port: Option<u16>) -> bool {
+        let port_ok = |want: &Option<u16>| want.is_none() || *want == port;
+        match self {
+            Self::Any => true,
+            Self::Exact { host: h, port: p } => h == host && port_ok(p),
+            Self::Subdomain { suffix, port: p } => {
+                host.len() > suffix.len() && host.ends_with(suffix.as_str()) && port_ok(p)
+            }
+        }
+    }
+}
+
+/// Splits `host[:port]` (IPv6 in brackets) into a lower-case host and a
+/// port.
+pub(crate) fn split_host_port(text: &str) -> Result<(String, Option<u16>), String> {
+    let port_of = |p: &str| {
+        p.parse::<u16>()
+            .map_err(|_| format!("`{p}` is not a port number"))
+    };
+    if let Some(rest) = text.strip_prefix('[') {
+        let Some(end) = rest.find(']') else {
+            return Err("an IPv6 address needs its closing `]`".into());
+        };
+        let host = format!("[{}]", rest[..end].to_ascii_lowercase());
+        return match &rest[end + 1..] {
+            "" => Ok((host, None)),
+            p => match p.strip_prefix(':') {
+                Some(p) => Ok((host, Some(port_of(p)?))),
+                None => Err(format!("unexpected `{p}` after the address")),
+            },
+        };
+    }
+    match text.rsplit_once(':') {
+        Some((h, _)) if h.contains(':') => {
+            Err("write an IPv6 address in brackets, like \"[::1]\"".into())
+        }
+        Some((h, p)) => Ok((h.to_ascii_lowercase(), Some(port_of(p)?))),
+        None => Ok((text.to_ascii_lowercase(), None)),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -89,21 +191,38 @@ pub(crate) struct DaemonConfig {
 const DEFAULT_PATH: &str = "/actions/{action}";
 
 impl DaemonConfig {
-    /// Reads and checks a configuration file.
-    pub(crate) fn load(path: &Path) -> Result<Self, ConfigErrors> {
+    /// Reads a configuration and runs, besides, every check `serve` makes
+    /// before it binds, without touching the network or creating the store:
+    /// each header value after `${ENV}` expansion, and that the store's
+    /// directory exists and is writable. `check-config` and `serve` both
+    /// use this, so a file one accepts the other accepts too.
+    pub(crate) fn load_for_serve(path: &Path) -> Result<Self, ConfigErrors> {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors::io(&name, &e))?;
-        Self::parse(&name, &text)
+        Self::parse_with(&name, &text, true)
     }
 
     /// Parses a configuration; `name` appears in messages.
     pub(crate) fn parse(name: &str, text: &str) -> Result<Self, ConfigErrors> {
+        Self::parse_with(name, text, false)
+    }
+
+    fn parse_with(name: &str, text: &str, for_serve: bool) -> Result<Self, ConfigErrors> {
+        let raw = DeTable::parse(text).ok();
+        let raw_hosts = raw.as_ref().and_then(|r| raw_allowed_hosts(r.get_ref()));
         let parsed = read(name, text, |root| {
             let engine = revalidate::Config::read(root);
-            let server = read_server(root);
+            let server = read_server(root, raw_hosts);
             let store = root.table("store").map(|t| read_store(&t));
             let upstream = read_upstream(root);
             let actions = read_actions(root);
+            check_probe_interval(root);
+            if for_serve {
+                check_header_values(root);
+                if let Some(t) = root.table("store") {
+                    check_store_dir(&t);
+                }
+            }
             (engine, server, store, upstream, actions)
         })?;
         let (engine, server, store, upstream, actions) = parsed;
@@ -118,13 +237,52 @@ impl DaemonConfig {
     }
 }
 
-fn read_server(root: &Table<'_>) -> ServerConfig {
+/// A duration at `key` within `min..=max` (reported otherwise).
+fn bounded_duration(t: &Table<'_>, key: &str, min: Duration, max: Duration) -> Option<Duration> {
+    let item = t.item(key)?;
+    let d = item.as_duration()?;
+    if d < min || d > max {
+        return item.invalid(
+            &format!(
+                "a duration from {} to {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+            None,
+        );
+    }
+    Some(d)
+}
+
+/// A positive integer at `key`, at most `max` (reported otherwise).
+fn bounded_count(t: &Table<'_>, key: &str, max: u64) -> Option<usize> {
+    let item = t.item(key)?;
+    let n = item.as_positive()?;
+    if n > max {
+        return item.invalid(&format!("an integer from 1 to {max}"), None);
+    }
+    usize::try_from(n).ok()
+}
+
+const MS: Duration = Duration::from_millis(1);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+fn read_server(root: &Table<'_>, raw_hosts: Option<&DeValue<'_>>) -> ServerConfig {
     let mut s = ServerConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
         admin_token_env: None,
         max_query_bytes: 8 * 1024,
         max_body_bytes: 64 * 1024,
         event_replay: 1024,
+        shutdown_grace: Duration::from_secs(5),
+        header_read_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        max_connections: 4096,
+        max_live_subscribers: 32,
+        live_queries: 500,
+        max_queries: 100_000,
+        allowed_hosts: None,
     };
     let Some(t) = root.table("server") else {
         return s;
@@ -154,16 +312,74 @@ fn read_server(root: &Table<'_>) -> ServerConfig {
             s.admin_token_env = Some(name.to_owned());
         }
     }
-    if let Some(n) = t.positive("max_query_bytes") {
-        s.max_query_bytes = usize::try_from(n).unwrap_or(usize::MAX);
+    // A query string travels in the request head, which hyper caps at
+    // about 400 KiB.
+    if let Some(n) = bounded_count(&t, "max_query_bytes", 256 * 1024) {
+        s.max_query_bytes = n;
     }
-    if let Some(n) = t.positive("max_body_bytes") {
-        s.max_body_bytes = usize::try_from(n).unwrap_or(usize::MAX);
+    if let Some(n) = bounded_count(&t, "max_body_bytes", 64 * 1024 * 1024) {
+        s.max_body_bytes = n;
     }
-    if let Some(n) = t.positive("event_replay") {
-        s.event_replay = usize::try_from(n).unwrap_or(usize::MAX);
+    if let Some(n) = bounded_count(&t, "event_replay", 1_000_000) {
+        s.event_replay = n;
+    }
+    if let Some(d) = bounded_duration(&t, "shutdown_grace", MS, HOUR) {
+        s.shutdown_grace = d;
+    }
+    if let Some(d) = bounded_duration(&t, "header_read_timeout", 100 * MS, HOUR) {
+        s.header_read_timeout = d;
+    }
+    if let Some(d) = bounded_duration(&t, "idle_timeout", 100 * MS, DAY) {
+        s.idle_timeout = d;
+    }
+    if let Some(n) = bounded_count(&t, "max_connections", 1_000_000) {
+        s.max_connections = n;
+    }
+    if let Some(n) = bounded_count(&t, "max_live_subscribers", 100_000) {
+        s.max_live_subscribers = n;
+    }
+    if let Some(n) = bounded_count(&t, "live_queries", 100_000) {
+        s.live_queries = n;
+    }
+    if let Some(n) = bounded_count(&t, "max_queries", 1_000_000_000) {
+        s.max_queries = n;
+    }
+    if let Some(item) = t.item("allowed_hosts") {
+        s.allowed_hosts = read_hosts(&item, raw_hosts);
     }
     s
+}
+
+/// `[server] allowed_hosts`, a list of strings. The configuration reader
+/// has no accessor for arrays, so the value is read from its own parse of
+/// the text (`raw`), and reported at the reader's item.
+fn read_hosts(
+    item: &revalidate::config::Item<'_>,
+    raw: Option<&DeValue<'_>>,
+) -> Option<Vec<HostPattern>> {
+    let expected = "a list of host names, like [\"localhost\", \"cache.example.com:8787\", \"*.example.com\"], or [\"*\"] for any host";
+    let Some(DeValue::Array(values)) = raw else {
+        return item.invalid(expected, None);
+    };
+    let mut out = Vec::with_capacity(values.len());
+    for v in values {
+        let DeValue::String(text) = v.get_ref() else {
+            return item.invalid(expected, Some("every entry is a string".into()));
+        };
+        match HostPattern::parse(text) {
+            Ok(p) => out.push(p),
+            Err(why) => return item.invalid(expected, Some(format!("`{text}`: {why}"))),
+        }
+    }
+    Some(out)
+}
+
+/// `[server] allowed_hosts` as parsed by toml, for [`read_hosts`].
+fn raw_allowed_hosts<'a>(root: &'a DeTable<'a>) -> Option<&'a DeValue<'a>> {
+    match root.get("server")?.get_ref() {
+        DeValue::Table(server) => server.get("allowed_hosts").map(|v| v.get_ref()),
+        _ => None,
+    }
 }
 
 fn read_store(t: &Table<'_>) -> StoreConfig {
@@ -187,13 +403,13 @@ fn read_store(t: &Table<'_>) -> StoreConfig {
             "a file path, like \"revalidate.db\"; remove [store] for a memory-only cache",
         ),
     }
-    if let Some(d) = t.duration("max_age") {
+    if let Some(d) = bounded_duration(t, "max_age", Duration::from_secs(1), 3650 * DAY) {
         s.max_age = d;
     }
     if let Some(b) = t.string("buster") {
         s.buster = b.to_owned();
     }
-    if let Some(d) = t.duration("flush_every") {
+    if let Some(d) = bounded_duration(t, "flush_every", 10 * MS, HOUR) {
         s.flush_every = d;
     }
     if let Some(item) = t.item("on_error")
@@ -211,6 +427,105 @@ fn read_store(t: &Table<'_>) -> StoreConfig {
         }
     }
     s
+}
+
+/// `[upstream] probe_interval` within bounds: a probe more often than every
+/// 100 ms is a flood of the upstream, not a check. (Read again here: the
+/// value itself is read by `read_upstream`; the reader reports a bad value
+/// once.)
+fn check_probe_interval(root: &Table<'_>) {
+    if let Some(t) = root.table("upstream") {
+        bounded_duration(&t, "probe_interval", 100 * MS, HOUR);
+    }
+}
+
+/// Every header value (`[upstream] headers`, `[actions.*] headers`) as
+/// `serve` builds it: `${ENV}` expanded, and a valid HTTP header value
+/// (no CR, LF or other control characters).
+fn check_header_values(root: &Table<'_>) {
+    let mut tables = Vec::new();
+    if let Some(h) = root.table("upstream").and_then(|u| u.table("headers")) {
+        tables.push(h);
+    }
+    if let Some(actions) = root.table("actions") {
+        for a in actions.entries() {
+            if let Some(h) = a.as_table().and_then(|a| a.table("headers")) {
+                tables.push(h);
+            }
+        }
+    }
+    for table in tables {
+        for item in table.entries() {
+            let Some(value) = item.as_str() else { continue };
+            let problem = match expand_env(value) {
+                Err(e) => e,
+                Ok(v) => match reqwest::header::HeaderValue::from_str(&v) {
+                    Ok(_) => continue,
+                    Err(_) => {
+                        "the value (after ${…} expansion) has a control character such as CR or LF"
+                            .to_owned()
+                    }
+                },
+            };
+            item.report(
+                ConfigErrorKind::InvalidValue,
+                format!("invalid value for `{}`: {problem}", item.path()),
+                "a header value without control characters; `${NAME}` needs NAME set in the environment".to_owned(),
+                None,
+            );
+        }
+    }
+}
+
+/// The store's directory exists and the daemon may create files in it
+/// (tried with a temporary file, removed at once; the store itself is not
+/// created).
+fn check_store_dir(t: &Table<'_>) {
+    let Some(item) = t.item("path") else { return };
+    let Some(path) = item.as_str().filter(|p| !p.is_empty()) else {
+        return;
+    };
+    let path = Path::new(path);
+    if path.is_dir() {
+        item.report(
+            ConfigErrorKind::InvalidValue,
+            format!(
+                "invalid value for `{}`: `{}` is a directory",
+                item.path(),
+                path.display()
+            ),
+            "the path of the store's file, like \"/var/lib/revalidate/cache.redb\"".to_owned(),
+            None,
+        );
+        return;
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let problem = if !dir.is_dir() {
+        format!("the directory `{}` does not exist", dir.display())
+    } else if let Err(e) = tempfile::Builder::new()
+        .prefix(".revalidate-check-")
+        .tempfile_in(dir)
+    {
+        format!("cannot create files in `{}`: {e}", dir.display())
+    } else {
+        return;
+    };
+    item.report(
+        ConfigErrorKind::InvalidValue,
+        format!(
+            "invalid value for `{}`: the store `{}` cannot be created: {problem}",
+            item.path(),
+            path.display()
+        ),
+        "a file path in an existing directory the daemon may write to".to_owned(),
+        Some(
+            "create the directory, fix its permissions, or remove [store] for a memory-only cache"
+                .to_owned(),
+        ),
+    );
 }
 
 fn read_upstream(root: &Table<'_>) -> Option<UpstreamConfig> {

@@ -1,21 +1,36 @@
 //! Wiring: the engine, its store, the refresh service with the upstream
-//! probe, the change log and the HTTP server; then a graceful shutdown that
-//! stops the service and flushes the store.
+//! probe, the change log and the HTTP server; then the stop.
+//!
+//! Stopping (SIGINT or SIGTERM): the server stops accepting, every SSE
+//! stream ends with a `shutdown` event, idle connections and half-sent
+//! requests are closed, the other requests have `[server] shutdown_grace`
+//! to finish; then the refresh service stops and the store is flushed. A
+//! second signal skips the wait: the store is flushed and the process
+//! exits. The final flush is bounded by [`FLUSH_DEADLINE`] on every path.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use revalidate::{
-    BackgroundRefresh, ClockSource, Persistence, QueryClient, RedbStore, RefreshError,
+    BackgroundRefresh, ClockSource, PersistHandle, Persistence, QueryClient, RedbStore,
+    RefreshError, StoreError,
 };
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
 
-use crate::config::{DaemonConfig, OnStoreError};
+use crate::config::{DaemonConfig, OnStoreError, StoreConfig};
 use crate::events::EventLog;
-use crate::server::{self, Shared};
-use crate::upstream::{PayloadCodec, Upstream, UpstreamError};
+use crate::server::{self, AllowedHosts, Connections, Limits, LiveHub, Shared};
+use crate::upstream::{Payload, PayloadCodec, Upstream, UpstreamError};
+
+/// The longest the final store flush may take, whatever the path.
+pub(crate) const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The longest the refresh service may take to stop (its fetches are
+/// cancelled; this bounds a fetch stuck in a blocking call).
+const REFRESH_STOP_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +38,12 @@ pub(crate) enum DaemonError {
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error(transparent)]
-    Store(#[from] revalidate::StoreError),
+    Store(#[from] StoreError),
+    #[error(
+        "{}; move it away (mv {path} {path}.bad) or set [store] on_error = \"memory\"",
+        one_line(.error)
+    )]
+    CorruptStore { error: StoreError, path: String },
     #[error(transparent)]
     Refresh(#[from] RefreshError),
     #[error(transparent)]
@@ -37,6 +57,25 @@ pub(crate) enum DaemonError {
     },
     #[error("the HTTP server failed: {0}")]
     Serve(std::io::Error),
+    #[error("the final store flush failed: {0}")]
+    Flush(StoreError),
+    #[error("the final store flush did not finish within {FLUSH_DEADLINE:?}")]
+    FlushTimeout,
+}
+
+impl DaemonError {
+    /// The process's exit code: 2 for a configuration the daemon cannot
+    /// run with (found at start), 1 for any other failure.
+    pub(crate) fn exit_code(&self) -> u8 {
+        match self {
+            Self::Upstream(_) | Self::Settings(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+fn one_line(e: &impl std::fmt::Display) -> String {
+    e.to_string().replace(['\n', '\r'], " ")
 }
 
 /// The Prometheus recorder, installed once per process.
@@ -63,12 +102,77 @@ fn metrics_handle() -> Option<PrometheusHandle> {
 /// A running daemon's address, known once it listens.
 pub(crate) type OnListen = Box<dyn FnOnce(SocketAddr) + Send>;
 
-/// Runs the daemon until `shutdown` completes. The admin token is
-/// `admin_token` if given, else read from `[server] admin_token_env`.
+/// Opens the store and restores the cache from it. A corrupt file with
+/// `on_error = "memory"` is moved aside (never deleted) and the daemon runs
+/// from memory; with `"fail"` it is an error that says what to do.
+async fn open_store(
+    store: &StoreConfig,
+    client: &QueryClient<Payload>,
+) -> Result<Option<PersistHandle>, DaemonError> {
+    let started = match RedbStore::open(&store.path) {
+        Ok(db) => {
+            Persistence::new(db)
+                .codec(PayloadCodec)
+                .max_age(store.max_age)
+                .buster(store.buster.clone())
+                .flush_every(store.flush_every)
+                .start(client)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    match started {
+        Ok((handle, report)) => {
+            tracing::info!(
+                "store {}: restored {} queries ({} expired, {} undecodable dropped{})",
+                store.path.display(),
+                report.restored,
+                report.expired,
+                report.undecodable,
+                if report.busted {
+                    "; the buster changed: cache dropped"
+                } else {
+                    ""
+                }
+            );
+            Ok(Some(handle))
+        }
+        Err(e) if store.on_error == OnStoreError::Memory => {
+            let corrupt = e.is_corrupt();
+            let e = one_line(&e);
+            if corrupt {
+                match RedbStore::move_aside(&store.path) {
+                    Ok(aside) => tracing::warn!(
+                        "{e}; moved it aside to `{}` (kept for inspection); running with a memory-only cache ([store] on_error = \"memory\")",
+                        aside.display()
+                    ),
+                    Err(mv) => tracing::warn!(
+                        "{e}; {}; running with a memory-only cache ([store] on_error = \"memory\")",
+                        one_line(&mv)
+                    ),
+                }
+            } else {
+                tracing::warn!(
+                    "{e}; running with a memory-only cache ([store] on_error = \"memory\")"
+                );
+            }
+            Ok(None)
+        }
+        Err(error) if error.is_corrupt() => Err(DaemonError::CorruptStore {
+            error,
+            path: store.path.display().to_string(),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs the daemon until the first of `signals`, then stops (see the
+/// module's comment). The admin token is `admin_token` if given, else read
+/// from `[server] admin_token_env`.
 pub(crate) async fn serve(
     config: DaemonConfig,
     admin_token: Option<String>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    mut signals: mpsc::UnboundedReceiver<()>,
     on_listen: Option<OnListen>,
 ) -> Result<(), DaemonError> {
     let upstream = Upstream::new(&config)?;
@@ -76,41 +180,12 @@ pub(crate) async fn serve(
         .policy(config.engine.policy.clone())
         .settings(config.engine.refresh.clone())?
         .clock(ClockSource::Coarse)
+        .max_queries(config.server.max_queries)
         .build();
 
     let persist = match &config.store {
         None => None,
-        Some(store) => match RedbStore::open(&store.path) {
-            Ok(db) => {
-                let (handle, report) = Persistence::new(db)
-                    .codec(PayloadCodec)
-                    .max_age(store.max_age)
-                    .buster(store.buster.clone())
-                    .flush_every(store.flush_every)
-                    .start(&client)
-                    .await?;
-                tracing::info!(
-                    "store {}: restored {} queries ({} expired, {} undecodable dropped{})",
-                    store.path.display(),
-                    report.restored,
-                    report.expired,
-                    report.undecodable,
-                    if report.busted {
-                        "; the buster changed: cache dropped"
-                    } else {
-                        ""
-                    }
-                );
-                Some(handle)
-            }
-            Err(e) if store.on_error == OnStoreError::Memory => {
-                tracing::warn!(
-                    "{e}; running with a memory-only cache ([store] on_error = \"memory\")"
-                );
-                None
-            }
-            Err(e) => return Err(e.into()),
-        },
+        Some(store) => open_store(store, &client).await?,
     };
 
     let probe = {
@@ -133,6 +208,7 @@ pub(crate) async fn serve(
                 .and_then(|var| std::env::var(var).ok())
         })
         .filter(|t| !t.is_empty());
+    let (stop, stopping) = watch::channel(false);
     let state = Arc::new(Shared {
         client: client.clone(),
         upstream: upstream.clone(),
@@ -142,13 +218,44 @@ pub(crate) async fn serve(
         admin_token,
         admin_token_env: config.server.admin_token_env.clone(),
         max_query_bytes: config.server.max_query_bytes,
+        shutdown: stopping.clone(),
+        live: Arc::new(LiveHub::new(
+            config.server.max_live_subscribers,
+            config.server.live_queries,
+        )),
+        openapi: server::openapi_document(&upstream.actions()),
     });
-    let app = server::router(state, config.server.max_body_bytes);
+    LiveHub::start(&state);
+    let hosts = AllowedHosts::new(config.server.allowed_hosts.as_deref(), config.server.listen);
+    let app = server::router(state, config.server.max_body_bytes, hosts);
     let addr = config.server.listen;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| DaemonError::Listen { addr, source })?;
     let local = listener.local_addr().map_err(DaemonError::Serve)?;
+    let (max_connections, nofile) =
+        server::effective_max_connections(config.server.max_connections);
+    if max_connections < config.server.max_connections {
+        tracing::warn!(
+            "serving at most {max_connections} connections at once, not {} ([server] max_connections): the open-file limit is {}",
+            config.server.max_connections,
+            nofile.unwrap_or_default()
+        );
+    } else {
+        tracing::info!("serving at most {max_connections} connections at once");
+    }
+    let connections = Connections::new(max_connections);
+    let limits = Limits {
+        header_read_timeout: config.server.header_read_timeout,
+        idle_timeout: config.server.idle_timeout,
+    };
+    let accept = tokio::spawn(server::accept_loop(
+        listener,
+        app,
+        limits,
+        connections.clone(),
+        stopping,
+    ));
     tracing::info!(
         "revalidate serving {} actions from {} on http://{local}",
         upstream.actions().len(),
@@ -157,39 +264,92 @@ pub(crate) async fn serve(
     if let Some(f) = on_listen {
         f(local);
     }
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(DaemonError::Serve)?;
 
-    tracing::info!("shutting down: stopping refreshes, flushing the store");
-    refresh.shutdown().await;
-    if let Some(p) = persist
-        && let Err(e) = p.shutdown().await
-    {
-        tracing::error!("the final store flush failed: {e}");
-    }
-    Ok(())
-}
-
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-pub(crate) async fn signals() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    let _ = signals.recv().await;
+    tracing::info!(
+        "stopping: closing {} connections (at most {:?} for requests in flight; a second signal stops at once)",
+        connections.open(),
+        config.server.shutdown_grace
+    );
+    stop.send_replace(true);
+    let _ = accept.await;
+    let forced = tokio::select! {
+        () = connections.closed() => false,
+        () = tokio::time::sleep(config.server.shutdown_grace) => {
+            tracing::warn!(
+                "{} connections still open after {:?} ([server] shutdown_grace): closing them",
+                connections.open(),
+                config.server.shutdown_grace
+            );
+            false
+        }
+        Some(()) = signals.recv() => {
+            tracing::warn!("a second signal: flushing the store and exiting now");
+            true
         }
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+    if !forced {
+        tracing::info!("stopping refreshes");
+        if tokio::time::timeout(REFRESH_STOP_DEADLINE, refresh.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the refresh service did not stop within {REFRESH_STOP_DEADLINE:?}");
+        }
     }
+    let Some(persist) = persist else {
+        return Ok(());
+    };
+    tracing::info!("flushing the store");
+    match tokio::time::timeout(FLUSH_DEADLINE, persist.shutdown()).await {
+        Ok(Ok(())) => {
+            tracing::info!("store flushed");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(DaemonError::Flush(e)),
+        Err(_) => Err(DaemonError::FlushTimeout),
+    }
+}
+
+/// Every SIGINT (Ctrl-C) and SIGTERM, from now on (the handlers are
+/// installed before this returns, so no signal in between kills the
+/// process). Must be called inside the runtime.
+pub(crate) fn signals() -> mpsc::UnboundedReceiver<()> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            tracing::warn!("cannot install signal handlers: stop the daemon with SIGKILL");
+            // No signal will come: keep the channel open, so no stop either.
+            tokio::spawn(async move {
+                let _tx = tx;
+                std::future::pending::<()>().await;
+            });
+            return rx;
+        };
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                if tx.send(()).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
+        while tokio::signal::ctrl_c().await.is_ok() {
+            if tx.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }

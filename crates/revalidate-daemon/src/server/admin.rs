@@ -16,21 +16,35 @@ use crate::upstream::Payload;
 
 const DASHBOARD: &str = include_str!("../../assets/dashboard.html");
 
+/// The dashboard.
+#[utoipa::path(get, path = "/", tag = "operations",
+    responses((status = 200, description = "The dashboard page", content_type = "text/html"),
+        (status = 421, description = "A Host not in allowed_hosts", body = super::openapi::ErrorBody)))]
 pub(crate) async fn dashboard() -> Html<&'static str> {
     Html(DASHBOARD)
 }
 
+/// `ok` while the daemon runs.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "ok", content_type = "text/plain", body = String),
+        (status = 421, description = "A Host not in allowed_hosts", body = super::openapi::ErrorBody)))]
 pub(crate) async fn healthz() -> &'static str {
     "ok"
 }
 
-/// The body of `POST /v1/invalidate`.
-#[derive(Debug, Deserialize)]
+/// The body of `POST /v1/invalidate`: exactly one of `action` (with
+/// optional `params`), `resource`, or `all: true`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct InvalidateRequest {
+    /// Every query of this action, or with `params` the one query.
     action: Option<String>,
+    /// The parameters of one query.
+    #[schema(value_type = Option<Object>)]
     params: Option<Value>,
+    /// Every query of this resource type.
     resource: Option<String>,
+    /// Every query.
     #[serde(default)]
     all: bool,
 }
@@ -51,16 +65,32 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
             env: state.admin_token_env.clone(),
         });
     };
+    // The scheme is case-insensitive (RFC 9110 §11.1): `bearer` is `Bearer`.
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token);
     match given {
         Some(given) if same_token(given.trim(), token) => Ok(()),
         _ => Err(ApiError::Unauthorized),
     }
 }
 
+/// Marks queries stale; active ones are refreshed within a check interval.
+#[utoipa::path(post, path = "/v1/invalidate", tag = "operations",
+    request_body = InvalidateRequest,
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "How many were invalidated", body = super::openapi::Invalidated),
+        (status = 400, description = "Not one of the accepted bodies", body = super::openapi::ErrorBody),
+        (status = 401, description = "No or a wrong bearer token", body = super::openapi::ErrorBody),
+        (status = 403, description = "No admin token is configured", body = super::openapi::ErrorBody),
+        (status = 404, description = "Not a configured action", body = super::openapi::ErrorBody),
+        (status = 413, description = "The body is too large", body = super::openapi::ErrorBody),
+        (status = 421, description = "A Host not in allowed_hosts", body = super::openapi::ErrorBody),
+    ))]
 pub(crate) async fn invalidate(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -90,7 +120,12 @@ pub(crate) async fn invalidate(
                 return Err(ApiError::unknown_action(&state.upstream, a));
             }
             match params {
-                Some(p) => QueryFilter::Key(QueryKey::new(&a, p)),
+                Some(p @ Value::Object(_)) => QueryFilter::Key(QueryKey::new(&a, p)),
+                Some(_) => {
+                    return Err(ApiError::bad_request(
+                        "\"params\" is an object of parameters, like {\"status\": \"active\"}",
+                    ));
+                }
                 None => QueryFilter::Action(a),
             }
         }
@@ -133,6 +168,14 @@ pub(crate) fn stats_json(state: &AppState) -> Value {
             ),
         );
         map.insert(
+            "live".into(),
+            json!({
+                "subscribers": state.live.subscribers(),
+                "ticks_built": state.live.ticks_built(),
+                "last_build_us": state.live.last_build_us(),
+            }),
+        );
+        map.insert(
             "upstream_requests".into(),
             json!(
                 state
@@ -145,6 +188,10 @@ pub(crate) fn stats_json(state: &AppState) -> Value {
     v
 }
 
+/// Counters: refreshes, reads, queries, the daemon's own.
+#[utoipa::path(get, path = "/v1/stats", tag = "operations",
+    responses((status = 200, description = "The counters", body = super::openapi::Stats),
+        (status = 421, description = "A Host not in allowed_hosts", body = super::openapi::ErrorBody)))]
 pub(crate) async fn stats(State(state): State<AppState>) -> axum::Json<Value> {
     axum::Json(stats_json(&state))
 }
@@ -160,13 +207,9 @@ fn status_of(q: &QueryState<Payload>) -> &'static str {
     }
 }
 
-pub(crate) fn queries_json(state: &AppState) -> Value {
-    let queries: Vec<Value> = state
-        .client
-        .queries()
-        .iter()
-        .map(|q| {
-            json!({
+/// One query as `/v1/queries` lists it.
+pub(crate) fn query_json(q: &QueryState<Payload>) -> Value {
+    json!({
                 "key": q.key.to_string(),
                 "action": q.key.action(),
                 "params": q.key.params(),
@@ -185,12 +228,17 @@ pub(crate) fn queries_json(state: &AppState) -> Value {
                 "version": q.version,
                 "next_check": q.next_check.map(unix_ms),
                 "bytes": q.data.as_ref().map(|d| d.body.len()),
-            })
-        })
-        .collect();
-    Value::Array(queries)
+    })
 }
 
+pub(crate) fn queries_json(state: &AppState) -> Value {
+    Value::Array(state.client.queries().iter().map(query_json).collect())
+}
+
+/// Every cached query, sorted by key.
+#[utoipa::path(get, path = "/v1/queries", tag = "operations",
+    responses((status = 200, description = "The queries", body = Vec<super::openapi::Query>),
+        (status = 421, description = "A Host not in allowed_hosts", body = super::openapi::ErrorBody)))]
 pub(crate) async fn queries(State(state): State<AppState>) -> axum::Json<Value> {
     axum::Json(queries_json(&state))
 }
@@ -206,6 +254,10 @@ pub(crate) fn network_json(state: &AppState) -> Value {
     })
 }
 
+/// Whether the upstream is reachable.
+#[utoipa::path(get, path = "/v1/network", tag = "operations",
+    responses((status = 200, description = "The network state", body = super::openapi::Network),
+        (status = 421, description = "A Host not in allowed_hosts", body = super::openapi::ErrorBody)))]
 pub(crate) async fn network(State(state): State<AppState>) -> axum::Json<Value> {
     axum::Json(network_json(&state))
 }
@@ -223,6 +275,11 @@ pub(crate) fn describe_metrics() {
     );
 }
 
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        (status = 421, description = "A Host not in allowed_hosts", body = super::openapi::ErrorBody),
+        (status = 503, description = "No metrics recorder", body = super::openapi::ErrorBody)))]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let Some(handle) = &state.metrics else {
         return Err(ApiError::MetricsUnavailable);

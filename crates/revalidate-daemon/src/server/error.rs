@@ -57,6 +57,15 @@ pub(crate) enum ApiError {
     /// so it was not asked.
     #[error("nothing is cached for this query and the upstream is offline")]
     Offline { key: QueryKey },
+    /// `503`: `/v1/live` has `[server] max_live_subscribers` streams open.
+    #[error(
+        "{limit} live streams are open, the most this daemon serves ([server] max_live_subscribers); try again later"
+    )]
+    TooManySubscribers { limit: usize },
+    /// `421`: the `Host` header is not in `[server] allowed_hosts` (a DNS
+    /// rebinding attempt, or a name the operator has not listed).
+    #[error("this daemon does not answer for the host {host:?}; add it to [server] allowed_hosts")]
+    MisdirectedRequest { host: String },
 }
 
 /// How to turn the admin endpoints on.
@@ -123,7 +132,10 @@ impl ApiError {
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::AdminDisabled { .. } => StatusCode::FORBIDDEN,
-            Self::MetricsUnavailable | Self::Offline { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::MetricsUnavailable | Self::Offline { .. } | Self::TooManySubscribers { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::MisdirectedRequest { .. } => StatusCode::MISDIRECTED_REQUEST,
             Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
         }
     }
@@ -142,6 +154,8 @@ impl ApiError {
             Self::MetricsUnavailable => "metrics_unavailable",
             Self::UpstreamFailed { .. } => "upstream_failed",
             Self::Offline { .. } => "offline",
+            Self::TooManySubscribers { .. } => "too_many_subscribers",
+            Self::MisdirectedRequest { .. } => "misdirected_request",
         }
     }
 
@@ -169,11 +183,15 @@ impl ApiError {
             Self::Offline { .. } => {
                 body.insert("kind".into(), FetchErrorKind::Offline.as_str().into());
             }
+            Self::TooManySubscribers { limit } => {
+                body.insert("limit".into(), json!(limit));
+            }
             Self::MethodNotAllowed { .. }
             | Self::BadRequest { .. }
             | Self::BodyTooLarge
             | Self::Unauthorized
             | Self::AdminDisabled { .. }
+            | Self::MisdirectedRequest { .. }
             | Self::MetricsUnavailable => {}
         }
         Value::Object(body)
@@ -194,9 +212,10 @@ impl ApiError {
             Self::Offline { key } => {
                 tracing::debug!(%key, "answered {status} {}: {self}", self.code());
             }
-            Self::MetricsUnavailable => {
+            Self::MetricsUnavailable | Self::TooManySubscribers { .. } => {
                 tracing::warn!("answered {status} {}: {self}", self.code());
             }
+
             _ => tracing::debug!("answered {status} {}: {self}", self.code()),
         }
     }
@@ -282,6 +301,8 @@ mod tests {
             ApiError::Unauthorized,
             ApiError::AdminDisabled { env: None },
             ApiError::MetricsUnavailable,
+            ApiError::TooManySubscribers { limit: 1 },
+            ApiError::MisdirectedRequest { host: "x".into() },
             ApiError::upstream(key(), FetchError::failed("boom").with_status(500)),
             ApiError::upstream(key(), FetchError::network("refused")),
         ];

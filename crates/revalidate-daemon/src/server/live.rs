@@ -1,28 +1,55 @@
 //! Server-Sent Events: `GET /v1/events` (one event per change of a query's
 //! data) and `GET /v1/live` (a state tick every second, for dashboards).
+//!
+//! One task builds each tick, once a second while anyone listens, and
+//! every `/v1/live` stream sends that same text: the cost of a tick does
+//! not grow with the number of subscribers, and its list of queries is
+//! bounded (`[server] live_queries`, the most recently updated first), so
+//! it does not grow with the cache either beyond one pass to pick them.
+//!
+//! Every stream ends when the daemon stops, with a last `shutdown` event.
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::stream::{self, Stream, StreamExt};
+use revalidate::QueryState;
 use serde_json::json;
-use tokio_stream::wrappers::{BroadcastStream, IntervalStream};
+use tokio::sync::{Notify, watch};
+use tokio_stream::wrappers::{BroadcastStream, WatchStream};
 
-use super::AppState;
-use super::admin::{network_json, queries_json, stats_json};
+use super::admin::{network_json, query_json, stats_json};
+use super::error::ApiError;
+use super::{AppState, Shared};
 use crate::events::{ChangeEvent, Logged, Replay, unix_ms};
+use crate::upstream::Payload;
 
 /// The actions a `?action=a&action=b` query asks for (empty: all).
-fn action_filter(query: Option<&str>) -> BTreeSet<String> {
-    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+fn action_filter(query: Option<&str>) -> Result<BTreeSet<String>, ApiError> {
+    Ok(super::resources::form_pairs(query.unwrap_or_default())?
+        .into_iter()
         .filter(|(k, _)| k == "action")
-        .map(|(_, v)| v.into_owned())
-        .collect()
+        .map(|(_, v)| v)
+        .collect())
+}
+
+/// Ends `stream` when the daemon stops, with a last `shutdown` event.
+fn until_shutdown(
+    mut stop: watch::Receiver<bool>,
+    stream: impl Stream<Item = Result<Event, Infallible>> + Send + 'static,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
+    let stopping = async move { super::conn::stopped(&mut stop).await };
+    stream.take_until(stopping).chain(stream::once(async {
+        Ok(Event::default()
+            .event("shutdown")
+            .data(r#"{"reason":"the daemon is stopping"}"#))
+    }))
 }
 
 fn snapshot(state: &AppState, filter: &BTreeSet<String>) -> Event {
@@ -53,12 +80,23 @@ fn change(id: u64, c: &ChangeEvent) -> Event {
         .data(serde_json::to_string(c).unwrap_or_default())
 }
 
+/// Server-Sent Events: one `change` per change of a query's data.
+#[utoipa::path(get, path = "/v1/events", tag = "events",
+    params(
+        ("action" = Option<Vec<String>>, Query, description = "Only these actions (repeatable)"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event"),
+    ),
+    responses(
+        (status = 200, description = "An event stream", content_type = "text/event-stream"),
+        (status = 400, description = "A query string that is not UTF-8", body = super::openapi::ErrorBody),
+        (status = 421, description = "A Host not in allowed_hosts", body = super::openapi::ErrorBody),
+    ))]
 pub(crate) async fn events(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let filter = Arc::new(action_filter(query.as_deref()));
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let filter = Arc::new(action_filter(query.as_deref())?);
     // Subscribe before reading the ring, then drop live events already replayed.
     let live = state.events.subscribe();
     let last = headers
@@ -103,25 +141,154 @@ pub(crate) async fn events(
         }
     });
     let stream = stream::iter(first.into_iter().map(Ok)).chain(live);
-    Sse::new(stream).keep_alive(
-        KeepAlive::new()
-            .interval(Duration::from_secs(15))
-            .text("keep-alive"),
+    Ok(
+        Sse::new(until_shutdown(state.shutdown.clone(), stream)).keep_alive(
+            KeepAlive::new()
+                .interval(Duration::from_secs(15))
+                .text("keep-alive"),
+        ),
     )
 }
 
+/// The `/v1/live` ticks: built by one task, shared by every subscriber.
+#[derive(Debug)]
+pub(crate) struct LiveHub {
+    /// The latest tick's text (`None` before the first).
+    latest: watch::Sender<Option<Arc<str>>>,
+    /// Wakes the builder when a first subscriber arrives.
+    wake: Notify,
+    subscribers: AtomicUsize,
+    max_subscribers: usize,
+    max_queries: usize,
+    built: AtomicU64,
+    /// How long the latest tick took to build, in microseconds.
+    last_build_us: AtomicU64,
+}
+
+impl LiveHub {
+    pub(crate) fn new(max_subscribers: usize, max_queries: usize) -> Self {
+        Self {
+            latest: watch::Sender::new(None),
+            wake: Notify::new(),
+            subscribers: AtomicUsize::new(0),
+            max_subscribers,
+            max_queries,
+            built: AtomicU64::new(0),
+            last_build_us: AtomicU64::new(0),
+        }
+    }
+
+    /// Streams open now.
+    pub(crate) fn subscribers(&self) -> usize {
+        self.subscribers.load(Ordering::Relaxed)
+    }
+
+    /// Ticks built since the start.
+    pub(crate) fn ticks_built(&self) -> u64 {
+        self.built.load(Ordering::Relaxed)
+    }
+
+    /// How long the latest tick took to build, in microseconds.
+    pub(crate) fn last_build_us(&self) -> u64 {
+        self.last_build_us.load(Ordering::Relaxed)
+    }
+
+    /// Builds a tick every second while anyone listens; ends with the
+    /// daemon's state (or when it stops).
+    pub(crate) fn start(state: &AppState) {
+        let weak: Weak<Shared> = Arc::downgrade(state);
+        let hub = state.live.clone();
+        let mut stop = state.shutdown.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let wake = hub.wake.notified();
+                if hub.subscribers() > 0 {
+                    let Some(state) = weak.upgrade() else { return };
+                    let started = std::time::Instant::now();
+                    let tick: Arc<str> = build_tick(&state).into();
+                    let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    hub.last_build_us.store(took, Ordering::Relaxed);
+                    hub.built.fetch_add(1, Ordering::Relaxed);
+                    hub.latest.send_replace(Some(tick));
+                }
+                tokio::select! {
+                    _ = every.tick() => {}
+                    () = wake => {}
+                    () = super::conn::stopped(&mut stop) => return,
+                }
+            }
+        });
+    }
+}
+
+/// One tick: the statistics, the network, and at most `live_queries`
+/// queries, the most recently updated first, with the total.
+fn build_tick(state: &AppState) -> String {
+    let mut all: Vec<QueryState<Payload>> = state.client.queries();
+    let total = all.len();
+    let limit = state.live.max_queries;
+    let newest_first = |a: &QueryState<Payload>, b: &QueryState<Payload>| {
+        b.updated_at
+            .cmp(&a.updated_at)
+            .then_with(|| a.key.cmp(&b.key))
+    };
+    if all.len() > limit {
+        all.select_nth_unstable_by(limit - 1, newest_first);
+        all.truncate(limit);
+    }
+    all.sort_unstable_by(newest_first);
+    json!({
+        "now": unix_ms(std::time::SystemTime::now()),
+        "stats": stats_json(state),
+        "network": network_json(state),
+        "queries": all.iter().map(query_json).collect::<Vec<_>>(),
+        "queries_total": total,
+        "queries_truncated": total > all.len(),
+    })
+    .to_string()
+}
+
+/// Counts a `/v1/live` stream while it is open.
+struct Subscriber(AppState);
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.0.live.subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Server-Sent Events for dashboards: a `tick` every second.
+#[utoipa::path(get, path = "/v1/live", tag = "events",
+    responses(
+        (status = 200, description = "An event stream", content_type = "text/event-stream"),
+        (status = 421, description = "A Host not in allowed_hosts", body = super::openapi::ErrorBody),
+        (status = 503, description = "max_live_subscribers streams are open", body = super::openapi::ErrorBody),
+    ))]
 pub(crate) async fn ticks(
     State(state): State<AppState>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let every = tokio::time::interval(Duration::from_secs(1));
-    let stream = IntervalStream::new(every).map(move |_| {
-        let tick = json!({
-            "now": unix_ms(std::time::SystemTime::now()),
-            "stats": stats_json(&state),
-            "network": network_json(&state),
-            "queries": queries_json(&state),
-        });
-        Ok(Event::default().event("tick").data(tick.to_string()))
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let hub = &state.live;
+    let limit = hub.max_subscribers;
+    if hub
+        .subscribers
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < limit).then_some(n + 1)
+        })
+        .is_err()
+    {
+        return Err(ApiError::TooManySubscribers { limit });
+    }
+    let subscriber = Subscriber(state.clone());
+    let latest = hub.latest.subscribe();
+    if latest.borrow().is_none() {
+        hub.wake.notify_one(); // the first subscriber: build one now
+    }
+    // The latest tick at once, then each new one.
+    let ticks = WatchStream::new(latest).filter_map(move |tick| {
+        let _open = &subscriber;
+        futures::future::ready(tick.map(|t| Ok(Event::default().event("tick").data(&*t))))
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Ok(Sse::new(until_shutdown(state.shutdown.clone(), ticks)).keep_alive(KeepAlive::default()))
 }

@@ -2,8 +2,11 @@
 //! operations, metrics and the dashboard.
 
 mod admin;
+mod conn;
 mod error;
+mod host;
 mod live;
+mod openapi;
 mod resources;
 
 use std::sync::Arc;
@@ -13,8 +16,13 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use revalidate::{QueryClient, RefreshController};
+use tokio::sync::watch;
 
 pub(crate) use admin::describe_metrics;
+pub(crate) use conn::{Connections, Limits, accept_loop, effective_max_connections};
+pub(crate) use host::AllowedHosts;
+pub(crate) use live::LiveHub;
+pub(crate) use openapi::document as openapi_document;
 
 use crate::events::EventLog;
 use crate::upstream::{Payload, Upstream};
@@ -35,10 +43,16 @@ pub(crate) struct Shared {
     /// The environment variable that would hold it (for messages).
     pub(crate) admin_token_env: Option<String>,
     pub(crate) max_query_bytes: usize,
+    /// Turns true when the daemon stops: SSE streams end.
+    pub(crate) shutdown: watch::Receiver<bool>,
+    /// The `/v1/live` ticks.
+    pub(crate) live: Arc<LiveHub>,
+    /// The OpenAPI description, with the configured actions.
+    pub(crate) openapi: serde_json::Value,
 }
 
-/// The daemon's routes.
-pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
+/// The daemon's routes, behind the `Host` check.
+pub(crate) fn router(state: AppState, max_body_bytes: usize, hosts: AllowedHosts) -> Router {
     Router::new()
         .route("/", get(admin::dashboard))
         .route("/healthz", get(admin::healthz))
@@ -50,8 +64,13 @@ pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/stats", get(admin::stats))
         .route("/v1/queries", get(admin::queries))
         .route("/v1/network", get(admin::network))
+        .route("/v1/openapi.json", get(openapi::openapi_json))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(hosts),
+            host::check,
+        ))
         .with_state(state)
 }

@@ -15,9 +15,14 @@ use crate::upstream::Payload;
 
 /// Parameters from a query string: `?a=1&b=x&b=y` → `{"a":"1","b":["x","y"]}`.
 /// Values stay strings: the daemon forwards them, it does not guess types.
-pub(crate) fn params_of(query: &str) -> Value {
+///
+/// # Errors
+///
+/// A name or value whose percent-encoding is not UTF-8 (`%FF`): decoded
+/// lossily, distinct queries would share one key.
+pub(crate) fn params_of(query: &str) -> Result<Value, ApiError> {
     let mut map = Map::new();
-    for (k, v) in form_pairs(query) {
+    for (k, v) in form_pairs(query)? {
         match map.get_mut(&k) {
             None => {
                 map.insert(k, Value::String(v));
@@ -29,17 +34,81 @@ pub(crate) fn params_of(query: &str) -> Value {
             }
         }
     }
-    if map.is_empty() {
+    Ok(if map.is_empty() {
         Value::Null
     } else {
         Value::Object(map)
+    })
+}
+
+/// The `name=value` pairs of a query string (`application/x-www-form-urlencoded`:
+/// `+` is a space, `%XX` a byte), refusing any that do not decode to UTF-8.
+pub(crate) fn form_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
+    let mut out = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |part: &str| String::from_utf8(percent_decode(part));
+        let name = decode(name).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the query parameter name `{}` is not UTF-8 once percent-decoded",
+                String::from_utf8_lossy(e.as_bytes())
+            ))
+        })?;
+        let value = decode(value).map_err(|_| {
+            ApiError::bad_request(format!(
+                "the value of the query parameter `{name}` is not UTF-8 once percent-decoded"
+            ))
+        })?;
+        out.push((name, value));
     }
+    Ok(out)
 }
 
-fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
-    form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned()))
+/// Decodes `+` and `%XX` (a `%` not followed by two hex digits stays as it
+/// is, as browsers and `form_urlencoded` do).
+fn percent_decode(part: &str) -> Vec<u8> {
+    let bytes = part.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let hex = |b: u8| char::from(b).to_digit(16).map(|d| d as u8);
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) {
+                (Some(high), Some(low)) => {
+                    out.push(high * 16 + low);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
 }
 
+/// Cache-first read of one query: the query string becomes its parameters.
+#[utoipa::path(get, path = "/v1/resources/{action}", tag = "reads",
+    params(
+        ("action" = String, Path, description = "A configured action"),
+        ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer"),
+    ),
+    responses(
+        (status = 200, description = "The upstream's JSON body, byte for byte", content_type = "application/json", body = Object,
+            headers(("Age" = u64), ("Cache-Status" = String), ("ETag" = String), ("X-Revalidate-Version" = u64))),
+        (status = 304, description = "`If-None-Match` matches the ETag"),
+        (status = 400, description = "A query string that is not UTF-8", body = super::openapi::ErrorBody),
+        (status = 404, description = "Not a configured action", body = super::openapi::ErrorBody),
+        (status = 414, description = "The query string is too long", body = super::openapi::ErrorBody),
+        (status = 421, description = "A Host not in allowed_hosts", body = super::openapi::ErrorBody),
+        (status = 502, description = "Nothing cached and the upstream failed", body = super::openapi::ErrorBody),
+        (status = 503, description = "Nothing cached and the upstream is offline", body = super::openapi::ErrorBody),
+    ))]
 pub(crate) async fn read(
     State(state): State<AppState>,
     action: Result<Path<String>, PathRejection>,
@@ -57,7 +126,7 @@ pub(crate) async fn read(
             limit: state.max_query_bytes,
         });
     }
-    let key = QueryKey::new(&action, params_of(&query));
+    let key = QueryKey::new(&action, params_of(&query)?);
     match state.client.get_with_meta(&key).await {
         Ok(hit) => Ok(answer(&hit, &headers)),
         Err(e) => Err(ApiError::upstream(key, e)),
@@ -109,6 +178,7 @@ mod tests {
 
     #[test]
     fn query_strings_become_string_params() {
+        let params_of = |q: &str| super::params_of(q).unwrap();
         assert_eq!(params_of(""), Value::Null);
         assert_eq!(
             params_of("status=active&page=2"),
@@ -122,6 +192,33 @@ mod tests {
             params_of("q=hello%20world&x=%2F..%2F"),
             json!({"q": "hello world", "x": "/../"})
         );
+        assert_eq!(
+            params_of("a=1+2&b=%E2%82%AC&c=100%&d=%zz&e"),
+            json!({"a": "1 2", "b": "€", "c": "100%", "d": "%zz", "e": ""})
+        );
+    }
+
+    #[test]
+    fn percent_encoded_bytes_that_are_not_utf8_are_refused() {
+        // Decoded lossily, `%FF` and `%FE` would both become U+FFFD: two
+        // queries, one key.
+        for (query, named) in [
+            ("id=%FF", "`id`"),
+            ("ok=1&x=%C3%28", "`x`"),
+            ("%FF=1", "name"),
+        ] {
+            let e = params_of(query).unwrap_err();
+            assert_eq!(e.code(), "bad_request");
+            assert!(e.to_string().contains(named), "{query}: {e}");
+        }
+        // Agrees with form_urlencoded wherever that one is lossless.
+        for q in ["a=b&c=d", "x=%20%2B+", "t=%E2%9C%93&t=2", "=v&k="] {
+            let ours: Vec<(String, String)> = form_pairs(q).unwrap();
+            let theirs: Vec<(String, String)> = form_urlencoded::parse(q.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            assert_eq!(ours, theirs, "{q}");
+        }
     }
 
     #[test]

@@ -435,3 +435,192 @@ impl SseReader {
         }
     }
 }
+
+// --- hostile conditions: the binary with its stderr kept line by line ------
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::ExitStatus;
+
+/// The binary under test: `REVALIDATE_TEST_BIN` if set (to check that a
+/// test fails on an older build), else this build's.
+pub fn binary() -> String {
+    std::env::var("REVALIDATE_TEST_BIN").unwrap_or_else(|_| bin().to_owned())
+}
+
+/// The real binary, its stderr kept line by line.
+pub struct Proc {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    addr: Option<SocketAddr>,
+}
+
+impl Proc {
+    /// `revalidate serve` on `config`, written to `dir/revalidate.toml`.
+    pub fn serve(config: &str, dir: &Path, env: &[(&str, &str)]) -> Self {
+        let path = dir.join("revalidate.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut cmd = Command::new(binary());
+        cmd.args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                eprintln!("[daemon] {line}");
+                sink.lock().push(line);
+            }
+        });
+        Self {
+            child,
+            lines,
+            addr: None,
+        }
+    }
+
+    /// Waits for the "… on http://ADDR" line; panics if the process exits.
+    pub fn listening(mut self) -> Self {
+        let line = self.wait_line(" on http://", Duration::from_secs(30));
+        let i = line.find(" on http://").unwrap();
+        self.addr = Some(line[i + 11..].trim().parse().unwrap());
+        self
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr.expect("listening")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr())
+    }
+
+    /// The first stderr line containing `needle`, waiting up to `within`.
+    pub fn wait_line(&mut self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(l) = self.lines.lock().iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the reader thread drain what is left.
+                std::thread::sleep(Duration::from_millis(100));
+                if let Some(l) = self.lines.lock().iter().find(|l| l.contains(needle)) {
+                    return l.clone();
+                }
+                panic!("the daemon exited ({status}) before logging {needle:?}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line {needle:?} within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.lines.lock().join("\n")
+    }
+
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -s {name}");
+    }
+
+    /// Waits up to `within` for the process to exit.
+    pub fn exit_within(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn with_server(cfg: &str, lines: &str) -> String {
+    cfg.replace("[server]\n", &format!("[server]\n{lines}\n"))
+}
+
+pub fn with_store(cfg: &str, store: &Path) -> String {
+    format!(
+        "{cfg}\n[store]\npath = \"{}\"\nflush_every = \"1h\"\n",
+        store.display()
+    )
+}
+
+/// A raw HTTP/1.1 request on its own connection; the status code, or
+/// `None` if the connection closed without one.
+pub fn raw_status(addr: SocketAddr, request: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(2).any(|w| w == b"\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&head);
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A raw request and its whole answer (the connection is closed after it).
+pub fn raw(addr: SocketAddr, request: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether the peer has closed `s`, waiting up to `within` (data that
+/// arrives meanwhile is read and ignored).
+pub fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return true, // reset
+        }
+    }
+    false
+}
