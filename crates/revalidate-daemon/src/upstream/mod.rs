@@ -15,17 +15,19 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use reqwest::header::{
-    CONTENT_TYPE, ETAG, HeaderMap, HeaderName, HeaderValue, IF_NONE_MATCH, RETRY_AFTER,
-};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, IF_NONE_MATCH};
 use revalidate::store::{Codec, CodecError};
 use revalidate::{FetchError, FetchRequest, Fetched, Fetcher, QueryKey};
 use serde_json::Value;
 
 use crate::config::{DaemonConfig, Method, expand_env};
+
+pub(crate) mod classify;
+
+use classify::{Answer, BodyError, Rules, classify};
 
 /// A cached upstream answer: the JSON body, byte for byte, and its validators.
 #[derive(Debug, Clone)]
@@ -258,12 +260,6 @@ fn describe(e: &reqwest::Error) -> String {
     }
 }
 
-/// Seconds of a `Retry-After` header (delta-seconds form; a date counts as 60 s).
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(RETRY_AFTER)?.to_str().ok()?;
-    Some(Duration::from_secs(v.trim().parse().unwrap_or(60)))
-}
-
 impl Fetcher<Payload> for Arc<Upstream> {
     async fn fetch(&self, req: FetchRequest<'_, Payload>) -> Result<Fetched<Payload>, FetchError> {
         let action = req.key.action();
@@ -311,56 +307,29 @@ impl Fetcher<Payload> for Arc<Upstream> {
             }
         })?;
         let status = response.status();
-        if status == reqwest::StatusCode::NOT_MODIFIED {
-            if let Some(prev) = req.previous {
-                self.bytes_saved
-                    .fetch_add(prev.body.len() as u64, Ordering::Relaxed);
-            }
-            return Ok(Fetched::not_modified());
-        }
-        let retry = retry_after(response.headers());
-        let etag = response
-            .headers()
-            .get(ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let headers = response.headers().clone();
         let body = response
             .bytes()
             .await
-            .map_err(|e| FetchError::network(describe(&e)))?;
-        // The upstream's own words stay in the error's message, for the log
-        // and the operator's views; callers are told the kind and the status.
-        let snippet = || String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-        let code = status.as_u16();
-        if status.is_server_error() {
-            let e = FetchError::failed(format!("upstream answered {status}: {}", snippet()))
-                .with_status(code);
-            return Err(match retry {
-                Some(d) => e.with_retry_after(d),
-                None => e,
-            });
+            .map_err(|e| BodyError::Network(describe(&e)));
+        let rules = Rules {
+            now: SystemTime::now(),
+        };
+        let fetched = classify(
+            Answer {
+                status,
+                headers: &headers,
+                body,
+            },
+            &rules,
+        )?;
+        if fetched.value().is_none()
+            && let Some(prev) = req.previous
+        {
+            self.bytes_saved
+                .fetch_add(prev.body.len() as u64, Ordering::Relaxed);
         }
-        if status.is_client_error() {
-            let e = FetchError::rejected(format!("upstream answered {status}: {}", snippet()))
-                .with_status(code);
-            return Err(match (status, retry) {
-                (reqwest::StatusCode::TOO_MANY_REQUESTS, d) => {
-                    e.with_retry_after(d.unwrap_or(Duration::from_secs(60)))
-                }
-                _ => e,
-            });
-        }
-        if !status.is_success() {
-            return Err(FetchError::failed(format!("upstream answered {status}")).with_status(code));
-        }
-        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
-            return Err(FetchError::bad_data(format!(
-                "upstream answered {status} with a body that is not JSON ({e})"
-            ))
-            .with_status(code));
-        }
-        let bytes = body.len() as u64;
-        Ok(Fetched::new(Payload::new(body, etag)).with_bytes(bytes))
+        Ok(fetched)
     }
 }
 

@@ -1,0 +1,285 @@
+//! What an upstream answer means for the engine: one pure function from the
+//! status, the headers and the body (or why the body could not be read) to
+//! a value to cache or a classified [`FetchError`].
+//!
+//! Nothing here does I/O or reads the clock, so the rules can be read in one
+//! place, tested on their own and fuzzed (`crate::fuzzing`).
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use reqwest::StatusCode;
+use reqwest::header::{ETAG, HeaderMap, RETRY_AFTER};
+use revalidate::{FetchError, Fetched};
+
+use super::Payload;
+
+/// How long a `429` without a usable `Retry-After` waits.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// Characters of an error body kept in the error's message.
+const SNIPPET_CHARS: usize = 200;
+
+/// Why a body could not be read in full.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum BodyError {
+    /// The connection failed while reading it.
+    Network(String),
+}
+
+/// One answer from the upstream, as received.
+#[derive(Debug)]
+pub(crate) struct Answer<'a> {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: &'a HeaderMap,
+    /// The body, or why it could not be read.
+    pub(crate) body: Result<Bytes, BodyError>,
+}
+
+/// What the classification depends on besides the answer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rules {
+    /// The wall-clock time of the answer (for `Retry-After` dates).
+    pub(crate) now: SystemTime,
+}
+
+/// Classifies an answer: `304` is "not modified"; a `2xx` with a JSON body
+/// is a value; `5xx` failed (retried, honouring `Retry-After`); `4xx` is
+/// rejected (`429` retried after its `Retry-After`); anything else failed;
+/// a body that is not JSON is bad data, never cached.
+pub(crate) fn classify(answer: Answer<'_>, rules: &Rules) -> Result<Fetched<Payload>, FetchError> {
+    let Answer {
+        status,
+        headers,
+        body,
+    } = answer;
+    if status == StatusCode::NOT_MODIFIED {
+        return Ok(Fetched::not_modified());
+    }
+    let retry = retry_after(headers, rules.now);
+    let body = body.map_err(|e| match e {
+        BodyError::Network(why) => FetchError::network(why),
+    })?;
+    let code = status.as_u16();
+    // The upstream's own words stay in the error's message, for the log and
+    // the operator's views; callers are told the kind and the status.
+    if status.is_server_error() {
+        let e = FetchError::failed(format!("upstream answered {status}: {}", snippet(&body)))
+            .with_status(code);
+        return Err(match retry {
+            Some(d) => e.with_retry_after(d),
+            None => e,
+        });
+    }
+    if status.is_client_error() {
+        let e = FetchError::rejected(format!("upstream answered {status}: {}", snippet(&body)))
+            .with_status(code);
+        return Err(if status == StatusCode::TOO_MANY_REQUESTS {
+            e.with_retry_after(retry.unwrap_or(DEFAULT_RETRY_AFTER))
+        } else {
+            e
+        });
+    }
+    if !status.is_success() {
+        return Err(FetchError::failed(format!("upstream answered {status}")).with_status(code));
+    }
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+        return Err(FetchError::bad_data(format!(
+            "upstream answered {status} with a body that is not JSON ({e})"
+        ))
+        .with_status(code));
+    }
+    let etag = headers
+        .get(ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let bytes = body.len() as u64;
+    Ok(Fetched::new(Payload::new(body, etag)).with_bytes(bytes))
+}
+
+/// The start of an error body, as text.
+fn snippet(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(SNIPPET_CHARS)]).into_owned()
+}
+
+/// A `Retry-After` header's delay (delta-seconds form; a date counts as 60 s).
+pub(crate) fn retry_after(headers: &HeaderMap, _now: SystemTime) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?;
+    Some(Duration::from_secs(v.trim().parse().unwrap_or(60)))
+}
+
+/// `crate::fuzzing::upstream_answer`: [`classify`] with the defaults, on
+/// raw parts.
+pub(crate) fn fuzz(
+    status: u16,
+    headers: &[(&str, &[u8])],
+    body: &[u8],
+) -> Result<Fetched<Bytes>, FetchError> {
+    let Ok(status) = StatusCode::from_u16(status) else {
+        return Err(FetchError::failed(format!(
+            "`{status}` is not an HTTP status"
+        )));
+    };
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            reqwest::header::HeaderName::from_bytes(name.as_bytes()),
+            reqwest::header::HeaderValue::from_bytes(value),
+        ) {
+            map.append(name, value);
+        }
+    }
+    let rules = Rules {
+        now: SystemTime::now(),
+    };
+    let answer = Answer {
+        status,
+        headers: &map,
+        body: Ok(Bytes::copy_from_slice(body)),
+    };
+    classify(answer, &rules).map(|f| {
+        let bytes = f.bytes();
+        match f.value() {
+            Some(p) => Fetched::new(p.body.clone()).with_bytes(bytes),
+            None => Fetched::not_modified(),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+    use revalidate::FetchErrorKind;
+
+    fn rules() -> Rules {
+        Rules {
+            now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        }
+    }
+
+    fn answer<'a>(status: u16, headers: &'a HeaderMap, body: &'static [u8]) -> Answer<'a> {
+        Answer {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers,
+            body: Ok(Bytes::from_static(body)),
+        }
+    }
+
+    fn kind(r: &Result<Fetched<Payload>, FetchError>) -> Option<FetchErrorKind> {
+        r.as_ref().err().map(FetchError::kind)
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        let h = HeaderMap::new();
+        let ok = classify(answer(200, &h, br#"{"a":1}"#), &rules()).unwrap();
+        assert_eq!(ok.value().unwrap().body.as_ref(), br#"{"a":1}"#);
+        assert_eq!(ok.bytes(), 7);
+        assert!(
+            classify(answer(304, &h, b""), &rules())
+                .unwrap()
+                .value()
+                .is_none()
+        );
+        let cases = [
+            (500, FetchErrorKind::Failed),
+            (503, FetchErrorKind::Failed),
+            (404, FetchErrorKind::Rejected),
+            (429, FetchErrorKind::Rejected),
+            (102, FetchErrorKind::Failed),
+        ];
+        for (status, expected) in cases {
+            let r = classify(answer(status, &h, b"nope"), &rules());
+            assert_eq!(kind(&r), Some(expected), "{status}");
+            assert_eq!(r.unwrap_err().status(), Some(status));
+        }
+        let r = classify(answer(200, &h, b"<html>"), &rules());
+        assert_eq!(kind(&r), Some(FetchErrorKind::BadData));
+    }
+
+    #[test]
+    fn etags_are_kept_and_429_waits_a_minute_by_default() {
+        let mut h = HeaderMap::new();
+        h.insert(ETAG, HeaderValue::from_static("W/\"x\""));
+        let ok = classify(answer(200, &h, b"[]"), &rules()).unwrap();
+        assert_eq!(
+            ok.value().unwrap().upstream_etag.as_deref(),
+            Some("W/\"x\"")
+        );
+        let r = classify(answer(429, &HeaderMap::new(), b""), &rules());
+        assert_eq!(r.unwrap_err().retry_after(), Some(DEFAULT_RETRY_AFTER));
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        let r = classify(answer(503, &h, b""), &rules());
+        assert_eq!(r.unwrap_err().retry_after(), Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn error_bodies_are_cut_to_a_snippet() {
+        let h = HeaderMap::new();
+        let long: &'static [u8] = Box::leak(vec![b'x'; 10_000].into_boxed_slice());
+        let e = classify(answer(500, &h, long), &rules()).unwrap_err();
+        assert!(e.message().len() < SNIPPET_CHARS + 64, "{}", e.message());
+    }
+
+    #[test]
+    fn the_fuzzing_entry_never_panics_on_nasty_answers() {
+        let huge = vec![b'['; 100_000];
+        let nested_ok = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        let accents = "é".repeat(300);
+        let bodies: [&[u8]; 8] = [
+            b"",
+            b"\xff\xfe\x00",
+            accents.as_bytes(),
+            &huge,
+            nested_ok.as_bytes(),
+            b"{\"a\":",
+            b"null",
+            &[0xe2, 0x82],
+        ];
+        let headers: [&[(&str, &[u8])]; 6] = [
+            &[],
+            &[("retry-after", b"99999999999999999999999999")],
+            &[("retry-after", b"Wed, 21 Oct 2015 07:28:00 GMT")],
+            &[("retry-after", b"\xff"), ("etag", b"\x00bad")],
+            &[
+                ("content-length", b"18446744073709551616"),
+                ("bad name", b"x"),
+            ],
+            &[("location", b"http://[::1"), ("retry-after", b"-1")],
+        ];
+        for status in [
+            0,
+            99,
+            100,
+            200,
+            204,
+            299,
+            301,
+            304,
+            399,
+            429,
+            500,
+            599,
+            600,
+            999,
+            1000,
+            u16::MAX,
+        ] {
+            for h in headers {
+                for b in bodies {
+                    let r = fuzz(status, h, b);
+                    if let Ok(f) = &r
+                        && let Some(body) = f.value()
+                    {
+                        assert!(serde_json::from_slice::<serde_json::Value>(body).is_ok());
+                    }
+                    if let Err(e) = &r {
+                        assert!(e.message().len() < 4096, "{status}: {}", e.message());
+                    }
+                }
+            }
+        }
+    }
+}
