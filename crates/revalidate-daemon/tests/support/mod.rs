@@ -435,3 +435,8 @@ impl SseReader {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Hostile conditions: a fault-injecting proxy, a scripted upstream, the
+// daemon with its logs and pid (tests/faults.rs, tests/upstream_*.rs).
+pub mod faults;
