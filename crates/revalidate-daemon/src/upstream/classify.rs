@@ -23,6 +23,8 @@ const SNIPPET_CHARS: usize = 200;
 /// Why a body could not be read in full.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum BodyError {
+    /// The upstream timeout ran out while it was read (a trickling body).
+    Timeout(String),
     /// The connection failed while reading it.
     Network(String),
 }
@@ -57,8 +59,11 @@ pub(crate) fn classify(answer: Answer<'_>, rules: &Rules) -> Result<Fetched<Payl
         return Ok(Fetched::not_modified());
     }
     let retry = retry_after(headers, rules.now);
+    // An answer cut short says nothing usable, whatever its status: the
+    // transport failed. No status is attached: the answer never completed.
     let body = body.map_err(|e| match e {
-        BodyError::Network(why) => FetchError::network(why),
+        BodyError::Timeout(why) => FetchError::timeout(format!("reading the body: {why}")),
+        BodyError::Network(why) => FetchError::network(format!("reading the body: {why}")),
     })?;
     let code = status.as_u16();
     // The upstream's own words stay in the error's message, for the log and
@@ -213,6 +218,29 @@ mod tests {
         h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
         let r = classify(answer(503, &h, b""), &rules());
         assert_eq!(r.unwrap_err().retry_after(), Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn body_errors_keep_their_kind_and_have_no_status() {
+        let h = HeaderMap::new();
+        for (error, expected) in [
+            (
+                BodyError::Timeout("timed out".into()),
+                FetchErrorKind::Timeout,
+            ),
+            (BodyError::Network("reset".into()), FetchErrorKind::Network),
+        ] {
+            for status in [200, 500] {
+                let answer = Answer {
+                    status: StatusCode::from_u16(status).unwrap(),
+                    headers: &h,
+                    body: Err(error.clone()),
+                };
+                let e = classify(answer, &rules()).unwrap_err();
+                assert_eq!(e.kind(), expected, "{status}");
+                assert_eq!(e.status(), None);
+            }
+        }
     }
 
     #[test]

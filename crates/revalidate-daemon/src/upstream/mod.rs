@@ -245,6 +245,32 @@ fn query_pairs(params: &Value) -> Vec<(String, String)> {
     pairs
 }
 
+/// A request that got no answer: a timeout, or a network error (refused,
+/// reset, closed before the answer); `failed` only for a request that could
+/// not be built.
+fn send_error(e: &reqwest::Error) -> FetchError {
+    let why = describe(e);
+    if e.is_timeout() {
+        FetchError::timeout(why)
+    } else if e.is_builder() {
+        FetchError::failed(why)
+    } else {
+        FetchError::network(why)
+    }
+}
+
+/// A body that could not be read in full: the timeout ran out while it
+/// trickled, or the connection failed (reset, or closed before
+/// `Content-Length` bytes: truncation is a transport failure too).
+fn body_error(e: &reqwest::Error) -> BodyError {
+    let why = describe(e);
+    if e.is_timeout() {
+        BodyError::Timeout(why)
+    } else {
+        BodyError::Network(why)
+    }
+}
+
 /// A short reason for a transport error, without URLs or headers.
 fn describe(e: &reqwest::Error) -> String {
     let mut cause: &dyn std::error::Error = e;
@@ -296,22 +322,10 @@ impl Fetcher<Payload> for Arc<Upstream> {
             builder = builder.header(IF_NONE_MATCH, v);
         }
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let response = builder.send().await.map_err(|e| {
-            let why = describe(&e);
-            if e.is_timeout() {
-                FetchError::timeout(why)
-            } else if e.is_connect() {
-                FetchError::network(why)
-            } else {
-                FetchError::failed(why)
-            }
-        })?;
+        let response = builder.send().await.map_err(|e| send_error(&e))?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| BodyError::Network(describe(&e)));
+        let body = response.bytes().await.map_err(|e| body_error(&e));
         let rules = Rules {
             now: SystemTime::now(),
         };
