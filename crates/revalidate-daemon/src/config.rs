@@ -72,7 +72,15 @@ pub(crate) struct UpstreamConfig {
     pub(crate) probe_interval: Duration,
     /// Headers for every request, before `${ENV}` expansion.
     pub(crate) headers: BTreeMap<String, String>,
+    /// The largest body accepted from the upstream, in bytes.
+    pub(crate) max_response_bytes: usize,
 }
+
+/// `[upstream] max_response_bytes` by default: 8 MiB.
+pub(crate) const DEFAULT_MAX_RESPONSE_BYTES: usize = 8 << 20;
+/// The largest `max_response_bytes` accepted: 1 GiB (every value is held in
+/// memory, and stored).
+const MAX_MAX_RESPONSE_BYTES: u64 = 1 << 30;
 
 /// A loaded `revalidate.toml`.
 #[derive(Clone, Debug)]
@@ -228,6 +236,7 @@ fn read_upstream(root: &Table<'_>) -> Option<UpstreamConfig> {
         health_path: None,
         probe_interval: Duration::from_secs(5),
         headers: BTreeMap::new(),
+        max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
     };
     match t.item("base_url") {
         None => t.error(
@@ -275,6 +284,19 @@ fn read_upstream(root: &Table<'_>) -> Option<UpstreamConfig> {
     }
     if let Some(d) = t.duration("probe_interval") {
         u.probe_interval = d;
+    }
+    if let Some(item) = t.item("max_response_bytes")
+        && let Some(n) = item.as_positive()
+    {
+        match usize::try_from(n) {
+            Ok(n) if n as u64 <= MAX_MAX_RESPONSE_BYTES => u.max_response_bytes = n,
+            _ => {
+                item.invalid::<()>(
+                    "a number of bytes from 1 to 1073741824 (1 GiB), like 8388608 (8 MiB, the default)",
+                    Some(format!("at most {MAX_MAX_RESPONSE_BYTES}: every answer is held in memory and stored")),
+                );
+            }
+        }
     }
     if let Some(h) = t.table("headers") {
         u.headers = read_headers(&h);
@@ -406,6 +428,7 @@ base_url = "http://127.0.0.1:9000"
 timeout = "3s"
 health_path = "/health"
 headers = { Authorization = "Bearer ${API_TOKEN}" }
+max_response_bytes = 1_048_576
 
 [refresh]
 check_interval = "5s"
@@ -441,6 +464,7 @@ resource = "process"
         assert_eq!(c.upstream.base_url.as_str(), "http://127.0.0.1:9000/");
         assert_eq!(c.upstream.timeout, Duration::from_secs(3));
         assert_eq!(c.upstream.headers["Authorization"], "Bearer ${API_TOKEN}");
+        assert_eq!(c.upstream.max_response_bytes, 1_048_576);
         assert_eq!(c.engine.refresh.check_interval, Duration::from_secs(5));
         assert_eq!(c.actions["process.list"].method, Method::Get);
         assert_eq!(c.actions["node.tree"].path, "/api/{action}");
@@ -487,6 +511,27 @@ resource = "process"
         assert!(e.contains("not a usable action name"), "{e}");
         let e = errors("[upstream]\nbase_url = \"http://x\"\n[actions.a]\nmethd = \"GET\"\n");
         assert!(e.contains("did you mean `method`?"), "{e}");
+        for bad in ["0", "-1", "1073741825", "\"8MiB\""] {
+            let e = errors(&format!(
+                "[upstream]\nbase_url = \"http://x\"\nmax_response_bytes = {bad}\n[actions.a]\n"
+            ));
+            assert!(
+                e.contains("revalidate.toml:3:22") && e.contains("upstream.max_response_bytes"),
+                "{bad}: {e}"
+            );
+        }
+        let ok = DaemonConfig::parse(
+            "revalidate.toml",
+            "[upstream]\nbase_url = \"http://x\"\nmax_response_bytes = 1073741824\n[actions.a]\n",
+        )
+        .unwrap();
+        assert_eq!(ok.upstream.max_response_bytes, 1 << 30);
+        let default = DaemonConfig::parse(
+            "revalidate.toml",
+            "[upstream]\nbase_url = \"http://x\"\n[actions.a]\n",
+        )
+        .unwrap();
+        assert_eq!(default.upstream.max_response_bytes, 8 << 20);
     }
 
     #[test]

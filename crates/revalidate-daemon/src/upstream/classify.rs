@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use reqwest::StatusCode;
-use reqwest::header::{ETAG, HeaderMap, RETRY_AFTER};
+use reqwest::header::{CONTENT_LENGTH, ETAG, HeaderMap, RETRY_AFTER};
 use revalidate::{FetchError, Fetched};
 
 use super::Payload;
@@ -27,6 +27,8 @@ pub(crate) enum BodyError {
     Timeout(String),
     /// The connection failed while reading it.
     Network(String),
+    /// It went on past the limit; reading stopped there.
+    TooLarge,
 }
 
 /// One answer from the upstream, as received.
@@ -43,12 +45,17 @@ pub(crate) struct Answer<'a> {
 pub(crate) struct Rules {
     /// The wall-clock time of the answer (for `Retry-After` dates).
     pub(crate) now: SystemTime,
+    /// The largest body accepted (`[upstream] max_response_bytes`).
+    pub(crate) max_bytes: usize,
 }
 
 /// Classifies an answer: `304` is "not modified"; a `2xx` with a JSON body
-/// is a value; `5xx` failed (retried, honouring `Retry-After`); `4xx` is
-/// rejected (`429` retried after its `Retry-After`); anything else failed;
-/// a body that is not JSON is bad data, never cached.
+/// of at most `max_bytes` is a value; `5xx` failed (retried, honouring
+/// `Retry-After`); `4xx` is rejected (`429` retried after its
+/// `Retry-After`); anything else failed. A `2xx` body that is not JSON, or
+/// larger than `max_bytes` (by its `Content-Length` or by what was read),
+/// is bad data, never cached. A body that could not be read is a timeout or
+/// a network error.
 pub(crate) fn classify(answer: Answer<'_>, rules: &Rules) -> Result<Fetched<Payload>, FetchError> {
     let Answer {
         status,
@@ -61,11 +68,25 @@ pub(crate) fn classify(answer: Answer<'_>, rules: &Rules) -> Result<Fetched<Payl
     let retry = retry_after(headers, rules.now);
     // An answer cut short says nothing usable, whatever its status: the
     // transport failed. No status is attached: the answer never completed.
+    let code = status.as_u16();
+    let too_large = |what: String| {
+        FetchError::bad_data(format!(
+            "upstream answered {status} with {what}, over the limit of {} bytes ([upstream] max_response_bytes)",
+            rules.max_bytes
+        ))
+        .with_status(code)
+    };
+    if status.is_success()
+        && let Some(declared) = content_length(headers)
+        && declared > rules.max_bytes as u64
+    {
+        return Err(too_large(format!("a body that declares {declared} bytes")));
+    }
     let body = body.map_err(|e| match e {
         BodyError::Timeout(why) => FetchError::timeout(format!("reading the body: {why}")),
         BodyError::Network(why) => FetchError::network(format!("reading the body: {why}")),
+        BodyError::TooLarge => too_large("a longer body".to_owned()),
     })?;
-    let code = status.as_u16();
     // The upstream's own words stay in the error's message, for the log and
     // the operator's views; callers are told the kind and the status.
     if status.is_server_error() {
@@ -88,6 +109,9 @@ pub(crate) fn classify(answer: Answer<'_>, rules: &Rules) -> Result<Fetched<Payl
     if !status.is_success() {
         return Err(FetchError::failed(format!("upstream answered {status}")).with_status(code));
     }
+    if body.len() > rules.max_bytes {
+        return Err(too_large(format!("a body of {} bytes", body.len())));
+    }
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
         return Err(FetchError::bad_data(format!(
             "upstream answered {status} with a body that is not JSON ({e})"
@@ -100,6 +124,17 @@ pub(crate) fn classify(answer: Answer<'_>, rules: &Rules) -> Result<Fetched<Payl
         .map(str::to_owned);
     let bytes = body.len() as u64;
     Ok(Fetched::new(Payload::new(body, etag)).with_bytes(bytes))
+}
+
+/// The `Content-Length` header, when there is one that reads as a number.
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The start of an error body, as text.
@@ -136,6 +171,7 @@ pub(crate) fn fuzz(
     }
     let rules = Rules {
         now: SystemTime::now(),
+        max_bytes: crate::config::DEFAULT_MAX_RESPONSE_BYTES,
     };
     let answer = Answer {
         status,
@@ -160,6 +196,7 @@ mod tests {
     fn rules() -> Rules {
         Rules {
             now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            max_bytes: 16,
         }
     }
 
@@ -218,6 +255,35 @@ mod tests {
         h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
         let r = classify(answer(503, &h, b""), &rules());
         assert_eq!(r.unwrap_err().retry_after(), Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn bodies_over_the_limit_are_bad_data() {
+        let h = HeaderMap::new();
+        let at_limit = classify(answer(200, &h, b"\"12345678901234\""), &rules());
+        assert_eq!(at_limit.unwrap().bytes(), 16);
+        let over = classify(answer(200, &h, b"\"123456789012345\""), &rules()).unwrap_err();
+        assert_eq!(over.kind(), FetchErrorKind::BadData);
+        assert_eq!(over.status(), Some(200));
+        assert!(over.message().contains("a body of 17 bytes"), "{over}");
+        // Refused on its Content-Length alone, whatever was read.
+        let mut declared = HeaderMap::new();
+        declared.insert(CONTENT_LENGTH, HeaderValue::from_static("104857600"));
+        let e = classify(answer(200, &declared, b"{}"), &rules()).unwrap_err();
+        assert!(e.message().contains("declares 104857600 bytes"), "{e}");
+        assert!(e.message().contains("max_response_bytes"), "{e}");
+        let stopped = Answer {
+            status: StatusCode::OK,
+            headers: &h,
+            body: Err(BodyError::TooLarge),
+        };
+        assert_eq!(
+            classify(stopped, &rules()).unwrap_err().kind(),
+            FetchErrorKind::BadData
+        );
+        // An error status is classified by its status, whatever its length.
+        let e = classify(answer(503, &declared, b"busy"), &rules()).unwrap_err();
+        assert_eq!(e.kind(), FetchErrorKind::Failed);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, IF_NONE_MATCH};
 use revalidate::store::{Codec, CodecError};
 use revalidate::{FetchError, FetchRequest, Fetched, Fetcher, QueryKey};
@@ -118,6 +118,8 @@ pub(crate) struct Upstream {
     http: reqwest::Client,
     routes: HashMap<String, Route>,
     health: Option<reqwest::Url>,
+    /// `[upstream] max_response_bytes`.
+    max_response_bytes: usize,
     /// Body bytes not transferred thanks to `304 Not Modified`.
     pub(crate) bytes_saved: AtomicU64,
     /// Requests sent (fetches and probes).
@@ -179,6 +181,7 @@ impl Upstream {
             http,
             routes,
             health: u.health_path.as_deref().map(|p| join(&u.base_url, p)),
+            max_response_bytes: u.max_response_bytes,
             bytes_saved: AtomicU64::new(0),
             requests: AtomicU64::new(0),
         }))
@@ -243,6 +246,82 @@ fn query_pairs(params: &Value) -> Vec<(String, String)> {
         }
     }
     pairs
+}
+
+/// How much of an error answer's body is read (for its message).
+const ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// Reads a body of at most `limit` bytes chunk by chunk, so that a longer
+/// one is never held in memory: reading stops as soon as it passes the
+/// limit. On failure, the error and what was read before it.
+async fn read_body(
+    response: &mut reqwest::Response,
+    limit: usize,
+) -> Result<Bytes, (BodyError, Bytes)> {
+    let mut body = Collected::default();
+    loop {
+        let chunk = match response.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return Ok(body.into_bytes()),
+            Err(e) => return Err((body_error(&e), body.into_bytes())),
+        };
+        let room = limit - body.len();
+        if chunk.len() > room {
+            body.push(chunk.slice(..room), room);
+            return Err((BodyError::TooLarge, body.into_bytes()));
+        }
+        let expected = response
+            .content_length()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0)
+            .min(limit);
+        body.push(chunk, expected);
+    }
+}
+
+/// A body being read: most come in one chunk, kept as it is; more chunks
+/// are copied into one buffer.
+#[derive(Default)]
+enum Collected {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Collected {
+    fn len(&self) -> usize {
+        match self {
+            Self::Empty => 0,
+            Self::One(b) => b.len(),
+            Self::Many(b) => b.len(),
+        }
+    }
+
+    /// Adds a chunk; `expected` is the body's announced length, if any.
+    fn push(&mut self, chunk: Bytes, expected: usize) {
+        *self = match std::mem::take(self) {
+            Self::Empty => Self::One(chunk),
+            Self::One(first) => {
+                let mut all = BytesMut::with_capacity(expected.max(first.len() + chunk.len()));
+                all.extend_from_slice(&first);
+                all.extend_from_slice(&chunk);
+                Self::Many(all)
+            }
+            Self::Many(mut all) => {
+                all.extend_from_slice(&chunk);
+                Self::Many(all)
+            }
+        };
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Self::Empty => Bytes::new(),
+            Self::One(b) => b,
+            Self::Many(b) => b.freeze(),
+        }
+    }
 }
 
 /// A request that got no answer: a timeout, or a network error (refused,
@@ -322,12 +401,30 @@ impl Fetcher<Payload> for Arc<Upstream> {
             builder = builder.header(IF_NONE_MATCH, v);
         }
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let response = builder.send().await.map_err(|e| send_error(&e))?;
+        let mut response = builder.send().await.map_err(|e| send_error(&e))?;
         let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(|e| body_error(&e));
+        let headers = std::mem::take(response.headers_mut());
+        let limit = self.max_response_bytes;
+        let body = if status == reqwest::StatusCode::NOT_MODIFIED {
+            Ok(Bytes::new())
+        } else if !status.is_success() {
+            // Only for the error's message: a snippet is enough, and a
+            // failure to read it changes nothing of what the status says.
+            Ok(read_body(&mut response, limit.min(ERROR_BODY_BYTES))
+                .await
+                .unwrap_or_else(|(_, partial)| partial))
+        } else if response.content_length().is_some_and(|n| n > limit as u64) {
+            // Refused on its Content-Length by the classifier: never read.
+            Ok(Bytes::new())
+        } else {
+            read_body(&mut response, limit)
+                .await
+                .map_err(|(error, _)| error)
+        };
+        drop(response);
         let rules = Rules {
             now: SystemTime::now(),
+            max_bytes: limit,
         };
         let fetched = classify(
             Answer {
