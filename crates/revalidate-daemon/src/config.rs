@@ -33,6 +33,16 @@ pub(crate) enum Method {
     Get,
 }
 
+/// Which redirects from the upstream are followed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FollowRedirects {
+    /// None: a `3xx` is a rejected fetch.
+    Never,
+    /// Up to 5 in a row to the same scheme, host and port, for GET actions
+    /// or with 307/308.
+    SameOrigin,
+}
+
 /// What to do when the store cannot be opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum OnStoreError {
@@ -74,6 +84,7 @@ pub(crate) struct UpstreamConfig {
     pub(crate) headers: BTreeMap<String, String>,
     /// The largest body accepted from the upstream, in bytes.
     pub(crate) max_response_bytes: usize,
+    pub(crate) follow_redirects: FollowRedirects,
 }
 
 /// `[upstream] max_response_bytes` by default: 8 MiB.
@@ -237,6 +248,7 @@ fn read_upstream(root: &Table<'_>) -> Option<UpstreamConfig> {
         probe_interval: Duration::from_secs(5),
         headers: BTreeMap::new(),
         max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+        follow_redirects: FollowRedirects::Never,
     };
     match t.item("base_url") {
         None => t.error(
@@ -294,6 +306,20 @@ fn read_upstream(root: &Table<'_>) -> Option<UpstreamConfig> {
                 item.invalid::<()>(
                     "a number of bytes from 1 to 1073741824 (1 GiB), like 8388608 (8 MiB, the default)",
                     Some(format!("at most {MAX_MAX_RESPONSE_BYTES}: every answer is held in memory and stored")),
+                );
+            }
+        }
+    }
+    if let Some(item) = t.item("follow_redirects")
+        && let Some(v) = item.as_str()
+    {
+        match v {
+            "never" => u.follow_redirects = FollowRedirects::Never,
+            "same-origin" => u.follow_redirects = FollowRedirects::SameOrigin,
+            _ => {
+                item.invalid::<()>(
+                    "\"never\" (a redirect is a rejected fetch, the default) or \"same-origin\" (up to 5 hops on the same scheme, host and port; for POST actions only 307 and 308)",
+                    None,
                 );
             }
         }
@@ -429,6 +455,7 @@ timeout = "3s"
 health_path = "/health"
 headers = { Authorization = "Bearer ${API_TOKEN}" }
 max_response_bytes = 1_048_576
+follow_redirects = "same-origin"
 
 [refresh]
 check_interval = "5s"
@@ -465,6 +492,7 @@ resource = "process"
         assert_eq!(c.upstream.timeout, Duration::from_secs(3));
         assert_eq!(c.upstream.headers["Authorization"], "Bearer ${API_TOKEN}");
         assert_eq!(c.upstream.max_response_bytes, 1_048_576);
+        assert_eq!(c.upstream.follow_redirects, FollowRedirects::SameOrigin);
         assert_eq!(c.engine.refresh.check_interval, Duration::from_secs(5));
         assert_eq!(c.actions["process.list"].method, Method::Get);
         assert_eq!(c.actions["node.tree"].path, "/api/{action}");
@@ -532,6 +560,14 @@ resource = "process"
         )
         .unwrap();
         assert_eq!(default.upstream.max_response_bytes, 8 << 20);
+        assert_eq!(default.upstream.follow_redirects, FollowRedirects::Never);
+        let e = errors(
+            "[upstream]\nbase_url = \"http://x\"\nfollow_redirects = \"always\"\n[actions.a]\n",
+        );
+        assert!(
+            e.contains("revalidate.toml:3:20") && e.contains("\"same-origin\""),
+            "{e}"
+        );
     }
 
     #[test]

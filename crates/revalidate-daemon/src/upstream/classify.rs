@@ -13,6 +13,7 @@ use reqwest::header::{CONTENT_LENGTH, ETAG, HeaderMap, RETRY_AFTER};
 use revalidate::{FetchError, Fetched};
 
 use super::Payload;
+use super::redirect::NotFollowed;
 
 /// How long a `429` without a usable `Retry-After` waits.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -47,12 +48,15 @@ pub(crate) struct Rules {
     pub(crate) now: SystemTime,
     /// The largest body accepted (`[upstream] max_response_bytes`).
     pub(crate) max_bytes: usize,
+    /// Why a redirect that reached the classifier was not followed.
+    pub(crate) not_followed: NotFollowed,
 }
 
 /// Classifies an answer: `304` is "not modified"; a `2xx` with a JSON body
 /// of at most `max_bytes` is a value; `5xx` failed (retried, honouring
 /// `Retry-After`); `4xx` is rejected (`429` retried after its
-/// `Retry-After`); anything else failed. A `2xx` body that is not JSON, or
+/// `Retry-After`); a redirect that reaches it was not followed, and is
+/// rejected; anything else failed. A `2xx` body that is not JSON, or
 /// larger than `max_bytes` (by its `Content-Length` or by what was read),
 /// is bad data, never cached. A body that could not be read is a timeout or
 /// a network error.
@@ -105,6 +109,13 @@ pub(crate) fn classify(answer: Answer<'_>, rules: &Rules) -> Result<Fetched<Payl
         } else {
             e
         });
+    }
+    if status.is_redirection() {
+        return Err(FetchError::rejected(format!(
+            "upstream answered {status}, a redirect, not followed: {}",
+            rules.not_followed
+        ))
+        .with_status(code));
     }
     if !status.is_success() {
         return Err(FetchError::failed(format!("upstream answered {status}")).with_status(code));
@@ -172,6 +183,7 @@ pub(crate) fn fuzz(
     let rules = Rules {
         now: SystemTime::now(),
         max_bytes: crate::config::DEFAULT_MAX_RESPONSE_BYTES,
+        not_followed: NotFollowed::Never,
     };
     let answer = Answer {
         status,
@@ -197,6 +209,7 @@ mod tests {
         Rules {
             now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             max_bytes: 16,
+            not_followed: NotFollowed::Never,
         }
     }
 
@@ -229,6 +242,9 @@ mod tests {
             (503, FetchErrorKind::Failed),
             (404, FetchErrorKind::Rejected),
             (429, FetchErrorKind::Rejected),
+            (302, FetchErrorKind::Rejected),
+            (308, FetchErrorKind::Rejected),
+            (300, FetchErrorKind::Rejected),
             (102, FetchErrorKind::Failed),
         ];
         for (status, expected) in cases {

@@ -18,16 +18,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, IF_NONE_MATCH};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, IF_NONE_MATCH, LOCATION};
 use revalidate::store::{Codec, CodecError};
 use revalidate::{FetchError, FetchRequest, Fetched, Fetcher, QueryKey};
 use serde_json::Value;
 
-use crate::config::{DaemonConfig, Method, expand_env};
+use crate::config::{DaemonConfig, FollowRedirects, Method, expand_env};
 
 pub(crate) mod classify;
+mod redirect;
 
 use classify::{Answer, BodyError, Rules, classify};
+use redirect::NotFollowed;
 
 /// A cached upstream answer: the JSON body, byte for byte, and its validators.
 #[derive(Debug, Clone)]
@@ -120,6 +122,8 @@ pub(crate) struct Upstream {
     health: Option<reqwest::Url>,
     /// `[upstream] max_response_bytes`.
     max_response_bytes: usize,
+    /// `[upstream] follow_redirects`.
+    follow_redirects: FollowRedirects,
     /// Body bytes not transferred thanks to `304 Not Modified`.
     pub(crate) bytes_saved: AtomicU64,
     /// Requests sent (fetches and probes).
@@ -176,12 +180,15 @@ impl Upstream {
             .timeout(u.timeout)
             .connect_timeout(u.timeout.min(Duration::from_secs(5)))
             .user_agent(concat!("revalidate/", env!("CARGO_PKG_VERSION")))
+            // Followed (or not) by `fetch`, by `[upstream] follow_redirects`.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Arc::new(Self {
             http,
             routes,
             health: u.health_path.as_deref().map(|p| join(&u.base_url, p)),
             max_response_bytes: u.max_response_bytes,
+            follow_redirects: u.follow_redirects,
             bytes_saved: AtomicU64::new(0),
             requests: AtomicU64::new(0),
         }))
@@ -373,17 +380,14 @@ impl Fetcher<Payload> for Arc<Upstream> {
                 "`{action}` is not a declared action"
             )));
         };
-        let mut builder = match route.method {
+        let (mut url, body) = match route.method {
             Method::Post => {
                 let body = if req.key.has_params() {
                     req.key.params_json().to_owned()
                 } else {
                     "{}".to_owned()
                 };
-                self.http
-                    .post(route.url.clone())
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(body)
+                (route.url.clone(), Some(Bytes::from(body)))
             }
             Method::Get => {
                 let mut url = route.url.clone();
@@ -391,21 +395,56 @@ impl Fetcher<Payload> for Arc<Upstream> {
                 if !pairs.is_empty() {
                     url.query_pairs_mut().extend_pairs(pairs);
                 }
-                self.http.get(url)
+                (url, None)
             }
         };
-        builder = builder.headers(route.headers.clone());
-        if let Some(tag) = req.previous.and_then(|p| p.upstream_etag.as_deref())
-            && let Ok(v) = HeaderValue::from_str(tag)
-        {
-            builder = builder.header(IF_NONE_MATCH, v);
-        }
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        let mut response = builder.send().await.map_err(|e| send_error(&e))?;
+        let if_none_match = req
+            .previous
+            .and_then(|p| p.upstream_etag.as_deref())
+            .and_then(|tag| HeaderValue::from_str(tag).ok());
+        // Redirects are followed here, one request per hop, by the policy of
+        // `redirect` (the HTTP client itself follows none).
+        let mut hops = 0;
+        let (mut response, not_followed) = loop {
+            let mut builder = match &body {
+                Some(body) => self
+                    .http
+                    .post(url.clone())
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(body.clone()),
+                None => self.http.get(url.clone()),
+            };
+            builder = builder.headers(route.headers.clone());
+            if let Some(v) = &if_none_match {
+                builder = builder.header(IF_NONE_MATCH, v.clone());
+            }
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let response = builder.send().await.map_err(|e| send_error(&e))?;
+            let status = response.status();
+            if !status.is_redirection() || status == reqwest::StatusCode::NOT_MODIFIED {
+                break (response, None);
+            }
+            let location = response.headers().get(LOCATION);
+            match redirect::follow(
+                self.follow_redirects,
+                route.method,
+                status,
+                &url,
+                location,
+                hops,
+            ) {
+                Ok(next) => {
+                    hops += 1;
+                    url = next;
+                }
+                Err(why) => break (response, Some(why)),
+            }
+        };
         let status = response.status();
         let headers = std::mem::take(response.headers_mut());
         let limit = self.max_response_bytes;
-        let body = if status == reqwest::StatusCode::NOT_MODIFIED {
+        let body = if status.is_redirection() {
+            // Not followed: a rejected fetch, whatever its body says.
             Ok(Bytes::new())
         } else if !status.is_success() {
             // Only for the error's message: a snippet is enough, and a
@@ -425,6 +464,7 @@ impl Fetcher<Payload> for Arc<Upstream> {
         let rules = Rules {
             now: SystemTime::now(),
             max_bytes: limit,
+            not_followed: not_followed.unwrap_or(NotFollowed::Never),
         };
         let fetched = classify(
             Answer {
