@@ -153,10 +153,17 @@ fn snippet(body: &[u8]) -> String {
     String::from_utf8_lossy(&body[..body.len().min(SNIPPET_CHARS)]).into_owned()
 }
 
-/// A `Retry-After` header's delay (delta-seconds form; a date counts as 60 s).
-pub(crate) fn retry_after(headers: &HeaderMap, _now: SystemTime) -> Option<Duration> {
-    let v = headers.get(RETRY_AFTER)?.to_str().ok()?;
-    Some(Duration::from_secs(v.trim().parse().unwrap_or(60)))
+/// A `Retry-After` header's delay (RFC 9110 §10.2.3): delta-seconds (a
+/// number too large for the clock saturates; the engine cuts it to
+/// `max_retry_after`), or an HTTP-date, as the time from `now` until then
+/// (zero for a date past). `None` when absent or unreadable.
+pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Duration::from_secs(v.parse().unwrap_or(u64::MAX)));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// `crate::fuzzing::upstream_answer`: [`classify`] with the defaults, on
@@ -271,6 +278,53 @@ mod tests {
         h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
         let r = classify(answer(503, &h, b""), &rules());
         assert_eq!(r.unwrap_err().retry_after(), Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let now = rules().now;
+        let read = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(RETRY_AFTER, HeaderValue::from_static(v));
+            retry_after(&h, now)
+        };
+        assert_eq!(read("120"), Some(Duration::from_secs(120)));
+        assert_eq!(read(" 7 "), Some(Duration::from_secs(7)));
+        assert_eq!(read("9999999999"), Some(Duration::from_secs(9_999_999_999)));
+        assert_eq!(
+            read("99999999999999999999999"),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        // 1_700_000_000 is Tue, 14 Nov 2023 22:13:20 GMT.
+        assert_eq!(
+            read("Tue, 14 Nov 2023 22:15:00 GMT"),
+            Some(Duration::from_secs(100))
+        );
+        // The obsolete forms RFC 9110 still asks recipients to accept.
+        assert_eq!(
+            read("Tuesday, 14-Nov-23 22:15:00 GMT"),
+            Some(Duration::from_secs(100))
+        );
+        assert_eq!(
+            read("Tue Nov 14 22:15:00 2023"),
+            Some(Duration::from_secs(100))
+        );
+        assert_eq!(read("Tue, 14 Nov 2023 22:00:00 GMT"), Some(Duration::ZERO));
+        for garbage in ["", "-1", "1.5", "soon", "Tue, 14 Nov 2023"] {
+            assert_eq!(read(garbage), None, "{garbage:?}");
+        }
+        assert_eq!(retry_after(&HeaderMap::new(), now), None);
+        // A 429 without a usable one waits the default; a dated one, its date.
+        let mut h = HeaderMap::new();
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Tue, 14 Nov 2023 22:13:50 GMT"),
+        );
+        let e = classify(answer(429, &h, b""), &rules()).unwrap_err();
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(30)));
+        h.insert(RETRY_AFTER, HeaderValue::from_static("whenever"));
+        let e = classify(answer(429, &h, b""), &rules()).unwrap_err();
+        assert_eq!(e.retry_after(), Some(DEFAULT_RETRY_AFTER));
     }
 
     #[test]
