@@ -362,11 +362,15 @@ fn read_actions(root: &Table<'_>) -> BTreeMap<String, ActionConfig> {
     };
     for item in t.entries() {
         let name = item.key();
-        if name.is_empty() || name.contains(['/', '?', '#', '\0']) || name.contains("..") {
+        if name.is_empty()
+            || name == "."
+            || name.contains(['/', '?', '#', '\0'])
+            || name.contains("..")
+        {
             item.report(
                 ConfigErrorKind::InvalidValue,
                 format!("`{name}` is not a usable action name"),
-                "a name without '/', '?', '#' or \"..\", like \"process.list\"".to_owned(),
+                "a name without '/', '?', '#' or \"..\", other than \".\", like \"process.list\" (it is sent percent-encoded as one path segment)".to_owned(),
                 None,
             );
             continue;
@@ -535,8 +539,12 @@ resource = "process"
             "[server]\nlisten = \"localhost\"\n[upstream]\nbase_url = \"http://x\"\n[actions.a]\n",
         );
         assert!(e.contains("server.listen"), "{e}");
-        let e = errors("[upstream]\nbase_url = \"http://x\"\n[actions.\"a/b\"]\n");
-        assert!(e.contains("not a usable action name"), "{e}");
+        for bad in ["a/b", ".", "a..b", ""] {
+            let e = errors(&format!(
+                "[upstream]\nbase_url = \"http://x\"\n[actions.\"{bad}\"]\n"
+            ));
+            assert!(e.contains("not a usable action name"), "{bad:?}: {e}");
+        }
         let e = errors("[upstream]\nbase_url = \"http://x\"\n[actions.a]\nmethd = \"GET\"\n");
         assert!(e.contains("did you mean `method`?"), "{e}");
         for bad in ["0", "-1", "1073741825", "\"8MiB\""] {

@@ -1,16 +1,21 @@
 //! The upstream fetcher: the seed's `ActionClient` over HTTP.
 //!
 //! Each declared action is called at `base_url` + its path template
-//! (default `/actions/{action}`): `POST` with the parameters as a JSON body,
-//! or `GET` with them as a query string. Only the configured base URL is
-//! ever contacted: parameters go into the body or the query string, never
-//! into the scheme, host or path.
+//! (default `/actions/{action}`, the name percent-encoded as one segment):
+//! `POST` with the parameters as a JSON body, or `GET` with them as a query
+//! string. Only the configured origin is ever contacted: parameters go into
+//! the body or the query string, never into the scheme, host or path, and
+//! redirects are followed only if `[upstream] follow_redirects` allows, to
+//! the same origin (`redirect`).
 //!
-//! Answers are classified for the engine: connection failures are network
-//! errors, timeouts and 5xx are retried, 4xx are rejected (429 with its
-//! `Retry-After`), and a body that is not JSON is bad data, never cached. The
-//! stored ETag is sent as `If-None-Match`; a `304` is a successful refresh
-//! that transfers no body.
+//! Answers are classified for the engine by one pure function (`classify`):
+//! connection failures are network errors, timeouts and 5xx are retried,
+//! 4xx and unfollowed redirects are rejected (429 retried after its
+//! `Retry-After`), and a body that is not JSON, or larger than
+//! `[upstream] max_response_bytes`, is bad data, never cached. Bodies are
+//! read chunk by chunk and never held past the limit. The stored ETag is
+//! sent as `If-None-Match`; a `304` is a successful refresh that transfers
+//! no body.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -165,7 +170,7 @@ impl Upstream {
         };
         let mut routes = HashMap::new();
         for (action, a) in &config.actions {
-            let path = a.path.replace("{action}", action);
+            let path = a.path.replace("{action}", &encode_segment(action));
             let url = join(&u.base_url, &path);
             routes.insert(
                 action.clone(),
@@ -223,6 +228,23 @@ impl Upstream {
             }
         }
     }
+}
+
+/// Percent-encodes every byte of `s` but RFC 3986's unreserved characters
+/// (`A-Z a-z 0-9 - . _ ~`), so that an action name is one path segment
+/// whatever it holds: `\` is not a separator, `%` not an escape, and
+/// `%2e%2e` not a way up.
+fn encode_segment(s: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
 }
 
 /// `base` + `path`, keeping the base's own path prefix (`http://h/api` +
@@ -527,6 +549,23 @@ mod tests {
             ]
         );
         assert!(query_pairs(&Value::Null).is_empty());
+    }
+
+    #[test]
+    fn action_names_are_encoded_as_one_segment() {
+        assert_eq!(encode_segment("process.list"), "process.list");
+        assert_eq!(encode_segment("a-b_c~d"), "a-b_c~d");
+        assert_eq!(encode_segment(r"x\y"), "x%5Cy");
+        assert_eq!(encode_segment("50% off"), "50%25%20off");
+        assert_eq!(encode_segment("%2e%2e"), "%252e%252e");
+        assert_eq!(encode_segment("é"), "%C3%A9");
+        let base = reqwest::Url::parse("http://h/api/").unwrap();
+        for odd in [r"x\y", "%2e%2e", "a b", "..;", "ü"] {
+            let url = join(&base, &format!("/actions/{}", encode_segment(odd)));
+            let segments: Vec<&str> = url.path_segments().unwrap().collect();
+            assert_eq!(segments.len(), 3, "{odd}: {url}");
+            assert_eq!(segments[..2], ["api", "actions"], "{odd}: {url}");
+        }
     }
 
     #[test]
