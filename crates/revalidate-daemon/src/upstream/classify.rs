@@ -13,6 +13,7 @@ use reqwest::header::{CONTENT_LENGTH, ETAG, HeaderMap, RETRY_AFTER};
 use revalidate::{FetchError, Fetched};
 
 use super::Payload;
+use super::redact::Redactor;
 use super::redirect::NotFollowed;
 
 /// How long a `429` without a usable `Retry-After` waits.
@@ -43,13 +44,15 @@ pub(crate) struct Answer<'a> {
 
 /// What the classification depends on besides the answer.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Rules {
+pub(crate) struct Rules<'a> {
     /// The wall-clock time of the answer (for `Retry-After` dates).
     pub(crate) now: SystemTime,
     /// The largest body accepted (`[upstream] max_response_bytes`).
     pub(crate) max_bytes: usize,
     /// Why a redirect that reached the classifier was not followed.
     pub(crate) not_followed: NotFollowed,
+    /// Takes the configured header values out of the error bodies quoted.
+    pub(crate) redactor: &'a Redactor,
 }
 
 /// Classifies an answer: `304` is "not modified"; a `2xx` with a JSON body
@@ -60,7 +63,10 @@ pub(crate) struct Rules {
 /// larger than `max_bytes` (by its `Content-Length` or by what was read),
 /// is bad data, never cached. A body that could not be read is a timeout or
 /// a network error.
-pub(crate) fn classify(answer: Answer<'_>, rules: &Rules) -> Result<Fetched<Payload>, FetchError> {
+pub(crate) fn classify(
+    answer: Answer<'_>,
+    rules: &Rules<'_>,
+) -> Result<Fetched<Payload>, FetchError> {
     let Answer {
         status,
         headers,
@@ -94,16 +100,22 @@ pub(crate) fn classify(answer: Answer<'_>, rules: &Rules) -> Result<Fetched<Payl
     // The upstream's own words stay in the error's message, for the log and
     // the operator's views; callers are told the kind and the status.
     if status.is_server_error() {
-        let e = FetchError::failed(format!("upstream answered {status}: {}", snippet(&body)))
-            .with_status(code);
+        let e = FetchError::failed(format!(
+            "upstream answered {status}: {}",
+            snippet(&body, rules.redactor)
+        ))
+        .with_status(code);
         return Err(match retry {
             Some(d) => e.with_retry_after(d),
             None => e,
         });
     }
     if status.is_client_error() {
-        let e = FetchError::rejected(format!("upstream answered {status}: {}", snippet(&body)))
-            .with_status(code);
+        let e = FetchError::rejected(format!(
+            "upstream answered {status}: {}",
+            snippet(&body, rules.redactor)
+        ))
+        .with_status(code);
         return Err(if status == StatusCode::TOO_MANY_REQUESTS {
             e.with_retry_after(retry.unwrap_or(DEFAULT_RETRY_AFTER))
         } else {
@@ -148,9 +160,15 @@ pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// The start of an error body, as text.
-fn snippet(body: &[u8]) -> String {
-    String::from_utf8_lossy(&body[..body.len().min(SNIPPET_CHARS)]).into_owned()
+/// The start of an error body, as text of at most [`SNIPPET_CHARS`]
+/// characters, redacted before it is cut: a secret that the cut would
+/// straddle is replaced whole, never left in part.
+fn snippet(body: &[u8], redactor: &Redactor) -> String {
+    // Enough bytes for the characters kept, and for a secret that starts
+    // among them to end within what is redacted.
+    let window = SNIPPET_CHARS * 4 + redactor.longest();
+    let text = String::from_utf8_lossy(&body[..body.len().min(window)]);
+    redactor.redact(&text).chars().take(SNIPPET_CHARS).collect()
 }
 
 /// A `Retry-After` header's delay (RFC 9110 §10.2.3): delta-seconds (a
@@ -187,10 +205,12 @@ pub(crate) fn fuzz(
             map.append(name, value);
         }
     }
+    let redactor = Redactor::default();
     let rules = Rules {
         now: SystemTime::now(),
         max_bytes: crate::config::DEFAULT_MAX_RESPONSE_BYTES,
         not_followed: NotFollowed::Never,
+        redactor: &redactor,
     };
     let answer = Answer {
         status,
@@ -212,11 +232,14 @@ mod tests {
     use reqwest::header::HeaderValue;
     use revalidate::FetchErrorKind;
 
-    fn rules() -> Rules {
+    static NOBODY: std::sync::LazyLock<Redactor> = std::sync::LazyLock::new(Redactor::default);
+
+    fn rules() -> Rules<'static> {
         Rules {
             now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             max_bytes: 16,
             not_followed: NotFollowed::Never,
+            redactor: &NOBODY,
         }
     }
 
@@ -375,6 +398,29 @@ mod tests {
                 let e = classify(answer, &rules()).unwrap_err();
                 assert_eq!(e.kind(), expected, "{status}");
                 assert_eq!(e.status(), None);
+            }
+        }
+    }
+
+    #[test]
+    fn snippets_are_redacted_before_they_are_cut() {
+        let redactor = Redactor::new(["Bearer s3cret-token-value"]);
+        let rules = Rules {
+            redactor: &redactor,
+            ..rules()
+        };
+        let h = HeaderMap::new();
+        for at in [0, 150, 190, 199, 400] {
+            let body = format!(
+                "{}Bearer s3cret-token-value{}",
+                "x".repeat(at),
+                "y".repeat(300)
+            );
+            let body: &'static [u8] = Box::leak(body.into_bytes().into_boxed_slice());
+            let e = classify(answer(500, &h, body), &rules).unwrap_err();
+            assert!(!e.message().contains("s3cret"), "{at}: {}", e.message());
+            if at < SNIPPET_CHARS - 10 {
+                assert!(e.message().contains("[redacted]"), "{at}: {}", e.message());
             }
         }
     }

@@ -31,9 +31,11 @@ use serde_json::Value;
 use crate::config::{DaemonConfig, FollowRedirects, Method, expand_env};
 
 pub(crate) mod classify;
+pub(crate) mod redact;
 mod redirect;
 
 use classify::{Answer, BodyError, Rules, classify};
+use redact::Redactor;
 use redirect::NotFollowed;
 
 /// A cached upstream answer: the JSON body, byte for byte, and its validators.
@@ -129,6 +131,8 @@ pub(crate) struct Upstream {
     max_response_bytes: usize,
     /// `[upstream] follow_redirects`.
     follow_redirects: FollowRedirects,
+    /// Takes every configured header value out of every error message.
+    redactor: Redactor,
     /// Body bytes not transferred thanks to `304 Not Modified`.
     pub(crate) bytes_saved: AtomicU64,
     /// Requests sent (fetches and probes).
@@ -151,7 +155,9 @@ pub(crate) enum UpstreamError {
 impl Upstream {
     pub(crate) fn new(config: &DaemonConfig) -> Result<Arc<Self>, UpstreamError> {
         let u = &config.upstream;
-        let headers = |extra: &std::collections::BTreeMap<String, String>| -> Result<HeaderMap, UpstreamError> {
+        // Every value sent, for the redactor.
+        let mut secrets: Vec<String> = Vec::new();
+        let mut headers = |extra: &std::collections::BTreeMap<String, String>| -> Result<HeaderMap, UpstreamError> {
             let mut map = HeaderMap::new();
             for (name, value) in u.headers.iter().chain(extra) {
                 let err = |problem: String| UpstreamError::Header {
@@ -165,6 +171,7 @@ impl Upstream {
                 // Header values may carry secrets: never print them.
                 value_h.set_sensitive(true);
                 map.insert(name_h, value_h);
+                secrets.push(value);
             }
             Ok(map)
         };
@@ -188,9 +195,11 @@ impl Upstream {
             // Followed (or not) by `fetch`, by `[upstream] follow_redirects`.
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
+        let redactor = Redactor::new(secrets.iter().map(String::as_str));
         Ok(Arc::new(Self {
             http,
             routes,
+            redactor,
             health: u.health_path.as_deref().map(|p| join(&u.base_url, p)),
             max_response_bytes: u.max_response_bytes,
             follow_redirects: u.follow_redirects,
@@ -223,7 +232,8 @@ impl Upstream {
                 self.health.is_none() || r.status().is_success() || r.status().is_redirection()
             }
             Err(e) => {
-                tracing::debug!(target: "revalidate", "🔎 probe: upstream unreachable: {}", describe(&e));
+                let why = describe(&e);
+                tracing::debug!(target: "revalidate", "🔎 probe: upstream unreachable: {}", self.redactor.redact(&why));
                 false
             }
         }
@@ -395,7 +405,21 @@ fn describe(e: &reqwest::Error) -> String {
 }
 
 impl Fetcher<Payload> for Arc<Upstream> {
+    /// Fetches one key; every error's message is redacted here, the one way
+    /// out of this module.
     async fn fetch(&self, req: FetchRequest<'_, Payload>) -> Result<Fetched<Payload>, FetchError> {
+        self.fetch_unredacted(req)
+            .await
+            .map_err(|e| self.redactor.error(e))
+    }
+}
+
+impl Upstream {
+    /// `fetch`, before redaction.
+    async fn fetch_unredacted(
+        &self,
+        req: FetchRequest<'_, Payload>,
+    ) -> Result<Fetched<Payload>, FetchError> {
         let action = req.key.action();
         let Some(route) = self.routes.get(action) else {
             return Err(FetchError::rejected(format!(
@@ -487,6 +511,7 @@ impl Fetcher<Payload> for Arc<Upstream> {
             now: SystemTime::now(),
             max_bytes: limit,
             not_followed: not_followed.unwrap_or(NotFollowed::Never),
+            redactor: &self.redactor,
         };
         let fetched = classify(
             Answer {
