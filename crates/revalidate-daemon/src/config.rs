@@ -7,6 +7,7 @@
 //! reader, so every mistake gets the same kind of message: file, line,
 //! column, key, what was found, what is accepted, and a suggestion.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,16 @@ pub(crate) enum Method {
     Post,
     /// Parameters as a query string.
     Get,
+}
+
+/// Which redirects from the upstream are followed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FollowRedirects {
+    /// None: a `3xx` is a rejected fetch.
+    Never,
+    /// Up to 5 in a row to the same scheme, host and port, for GET actions
+    /// or with 307/308.
+    SameOrigin,
 }
 
 /// What to do when the store cannot be opened.
@@ -174,7 +185,16 @@ pub(crate) struct UpstreamConfig {
     pub(crate) probe_interval: Duration,
     /// Headers for every request, before `${ENV}` expansion.
     pub(crate) headers: BTreeMap<String, String>,
+    /// The largest body accepted from the upstream, in bytes.
+    pub(crate) max_response_bytes: usize,
+    pub(crate) follow_redirects: FollowRedirects,
 }
+
+/// `[upstream] max_response_bytes` by default: 8 MiB.
+pub(crate) const DEFAULT_MAX_RESPONSE_BYTES: usize = 8 << 20;
+/// The largest `max_response_bytes` accepted: 1 GiB (every value is held in
+/// memory, and stored).
+const MAX_MAX_RESPONSE_BYTES: u64 = 1 << 30;
 
 /// A loaded `revalidate.toml`.
 #[derive(Clone, Debug)]
@@ -203,19 +223,48 @@ impl DaemonConfig {
     }
 
     /// Parses a configuration; `name` appears in messages.
+    ///
+    /// Messages quote the line at fault and the value found, so a file with
+    /// errors is read a second time with its secrets blanked out byte for
+    /// byte (`mask_secrets`): the same problems at the same places, quoted
+    /// without credentials in URLs or header values.
     pub(crate) fn parse(name: &str, text: &str) -> Result<Self, ConfigErrors> {
         Self::parse_with(name, text, false)
     }
 
     fn parse_with(name: &str, text: &str, for_serve: bool) -> Result<Self, ConfigErrors> {
+        let secrets = RefCell::new(Vec::new());
+        let errors = match Self::read_text(name, text, for_serve, &secrets) {
+            Ok(config) => return Ok(config),
+            Err(errors) => errors,
+        };
+        let masked = mask_secrets(text, &secrets.into_inner());
+        if masked == text {
+            return Err(errors);
+        }
+        match Self::read_text(name, &masked, for_serve, &RefCell::default()) {
+            Err(masked_errors) => Err(masked_errors),
+            // Not reached: masking keeps every property that is checked
+            // (credentials stay credentials, `${` references stay).
+            Ok(_) => Err(errors),
+        }
+    }
+
+    /// One reading of `text`; the header values read go to `secrets`.
+    fn read_text(
+        name: &str,
+        text: &str,
+        for_serve: bool,
+        secrets: &RefCell<Vec<String>>,
+    ) -> Result<Self, ConfigErrors> {
         let raw = DeTable::parse(text).ok();
         let raw_hosts = raw.as_ref().and_then(|r| raw_allowed_hosts(r.get_ref()));
         let parsed = read(name, text, |root| {
             let engine = revalidate::Config::read(root);
             let server = read_server(root, raw_hosts);
             let store = root.table("store").map(|t| read_store(&t));
-            let upstream = read_upstream(root);
-            let actions = read_actions(root);
+            let upstream = read_upstream(root, secrets);
+            let actions = read_actions(root, secrets);
             check_probe_interval(root);
             if for_serve {
                 check_header_values(root);
@@ -267,6 +316,67 @@ fn bounded_count(t: &Table<'_>, key: &str, max: u64) -> Option<usize> {
 const MS: Duration = Duration::from_millis(1);
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// `text` with what must never be printed replaced by `*`, byte for byte
+/// (every position stays where it was): the `user:password` of every URL
+/// (the `:` kept), and the literal parts of the header values read (their
+/// `${NAME}` references, names and not secrets, kept).
+fn mask_secrets(text: &str, header_values: &[String]) -> String {
+    let mut bytes = text.as_bytes().to_vec();
+    let mut blank = |start: usize, end: usize, keep: u8| {
+        for b in &mut bytes[start..end] {
+            if *b != keep {
+                *b = b'*';
+            }
+        }
+    };
+    let mut from = 0;
+    while let Some(i) = text[from..].find("://") {
+        let start = from + i + 3;
+        let end = text[start..]
+            .find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'' | '\\') || c.is_whitespace())
+            .map_or(text.len(), |e| start + e);
+        if let Some(at) = text[start..end].rfind('@') {
+            blank(start, start + at, b':');
+        }
+        from = start;
+    }
+    for value in header_values.iter().filter(|v| v.len() >= 4) {
+        for quote in ['"', '\''] {
+            let quoted = format!("{quote}{value}{quote}");
+            let mut from = 0;
+            while let Some(i) = text[from..].find(&quoted) {
+                let start = from + i + 1;
+                for (s, e) in literal_parts(value) {
+                    blank(start + s, start + e, 0);
+                }
+                from = start + value.len();
+            }
+        }
+    }
+    String::from_utf8(bytes).expect("whole characters were replaced by ASCII")
+}
+
+/// The byte ranges of `value` outside its `${NAME}` references (after an
+/// unclosed `${`, the rest is literal).
+fn literal_parts(value: &str) -> Vec<(usize, usize)> {
+    let mut parts = Vec::new();
+    let mut pos = 0;
+    while let Some(i) = value[pos..].find("${") {
+        let open = pos + i;
+        parts.push((pos, open));
+        match value[open + 2..].find('}') {
+            Some(j) => pos = open + 2 + j + 1,
+            None => {
+                pos = open + 2;
+                break;
+            }
+        }
+    }
+    parts.push((pos, value.len()));
+    parts.retain(|(s, e)| s < e);
+    parts
+}
 
 fn read_server(root: &Table<'_>, raw_hosts: Option<&DeValue<'_>>) -> ServerConfig {
     let mut s = ServerConfig {
@@ -528,7 +638,7 @@ fn check_store_dir(t: &Table<'_>) {
     );
 }
 
-fn read_upstream(root: &Table<'_>) -> Option<UpstreamConfig> {
+fn read_upstream(root: &Table<'_>, secrets: &RefCell<Vec<String>>) -> Option<UpstreamConfig> {
     let Some(t) = root.table("upstream") else {
         root.error(
             "upstream",
@@ -543,6 +653,8 @@ fn read_upstream(root: &Table<'_>) -> Option<UpstreamConfig> {
         health_path: None,
         probe_interval: Duration::from_secs(5),
         headers: BTreeMap::new(),
+        max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+        follow_redirects: FollowRedirects::Never,
     };
     match t.item("base_url") {
         None => t.error(
@@ -554,7 +666,18 @@ fn read_upstream(root: &Table<'_>) -> Option<UpstreamConfig> {
             if let Some(text) = item.as_str() {
                 match reqwest::Url::parse(text) {
                     Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
-                        if url.query().is_some() || url.fragment().is_some() {
+                        if !url.username().is_empty() || url.password().is_some() {
+                            // Never quoted: `parse` masks them in messages.
+                            item.invalid::<()>(
+                                "a base URL without credentials (no user:password@)",
+                                Some(
+                                    "a URL's credentials are printed wherever the URL is; send them as a header instead, \
+                                     the secret from the environment: headers = { Authorization = \"Basic ${UPSTREAM_AUTH}\" } \
+                                     with UPSTREAM_AUTH set to the Base64 of user:password"
+                                        .to_owned(),
+                                ),
+                            );
+                        } else if url.query().is_some() || url.fragment().is_some() {
                             item.invalid::<()>("a base URL without query or fragment", None);
                         } else {
                             u.base_url = url;
@@ -591,16 +714,50 @@ fn read_upstream(root: &Table<'_>) -> Option<UpstreamConfig> {
     if let Some(d) = t.duration("probe_interval") {
         u.probe_interval = d;
     }
+    if let Some(item) = t.item("max_response_bytes")
+        && let Some(n) = item.as_positive()
+    {
+        match usize::try_from(n) {
+            Ok(n) if n as u64 <= MAX_MAX_RESPONSE_BYTES => u.max_response_bytes = n,
+            _ => {
+                item.invalid::<()>(
+                    "a number of bytes from 1 to 1073741824 (1 GiB), like 8388608 (8 MiB, the default)",
+                    Some(format!("at most {MAX_MAX_RESPONSE_BYTES}: every answer is held in memory and stored")),
+                );
+            }
+        }
+    }
+    if let Some(item) = t.item("follow_redirects")
+        && let Some(v) = item.as_str()
+    {
+        match v {
+            "never" => u.follow_redirects = FollowRedirects::Never,
+            "same-origin" => u.follow_redirects = FollowRedirects::SameOrigin,
+            _ => {
+                item.invalid::<()>(
+                    "\"never\" (a redirect is a rejected fetch, the default) or \"same-origin\" (up to 5 hops on the same scheme, host and port; for POST actions only 307 and 308)",
+                    None,
+                );
+            }
+        }
+    }
     if let Some(h) = t.table("headers") {
-        u.headers = read_headers(&h);
+        u.headers = read_headers(&h, secrets);
     }
     Some(u)
 }
 
-fn read_headers(t: &Table<'_>) -> BTreeMap<String, String> {
+/// Header tables: names checked, values kept before `${ENV}` expansion
+/// (their references checked; the variables are read at start-up). Every
+/// value goes to `secrets`, so that no message quotes it.
+fn read_headers(t: &Table<'_>, secrets: &RefCell<Vec<String>>) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for item in t.entries() {
         let name = item.key();
+        let value = item.as_str();
+        if let Some(v) = value {
+            secrets.borrow_mut().push(v.to_owned());
+        }
         if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
             item.report(
                 ConfigErrorKind::InvalidValue,
@@ -610,14 +767,39 @@ fn read_headers(t: &Table<'_>) -> BTreeMap<String, String> {
             );
             continue;
         }
-        if let Some(v) = item.as_str() {
-            out.insert(name.to_owned(), v.to_owned());
+        let Some(v) = value else { continue };
+        if let Err(problem) = check_env_refs(v) {
+            item.report(
+                ConfigErrorKind::InvalidValue,
+                format!("the value of `{}` has {problem}", item.path()),
+                "text where ${NAME} stands for the environment variable NAME, like \"Bearer ${API_TOKEN}\"".to_owned(),
+                None,
+            );
+            continue;
         }
+        out.insert(name.to_owned(), v.to_owned());
     }
     out
 }
 
-fn read_actions(root: &Table<'_>) -> BTreeMap<String, ActionConfig> {
+/// Whether every `${` of a header value is closed and names something.
+fn check_env_refs(value: &str) -> Result<(), &'static str> {
+    let mut rest = value;
+    while let Some(i) = rest.find("${") {
+        let after = &rest[i + 2..];
+        match after.find('}') {
+            None => return Err("an unclosed `${`"),
+            Some(0) => return Err("an empty `${}`"),
+            Some(end) => rest = &after[end + 1..],
+        }
+    }
+    Ok(())
+}
+
+fn read_actions(
+    root: &Table<'_>,
+    secrets: &RefCell<Vec<String>>,
+) -> BTreeMap<String, ActionConfig> {
     let mut out = BTreeMap::new();
     let Some(t) = root.table("actions") else {
         root.error(
@@ -629,11 +811,15 @@ fn read_actions(root: &Table<'_>) -> BTreeMap<String, ActionConfig> {
     };
     for item in t.entries() {
         let name = item.key();
-        if name.is_empty() || name.contains(['/', '?', '#', '\0']) || name.contains("..") {
+        if name.is_empty()
+            || name == "."
+            || name.contains(['/', '?', '#', '\0'])
+            || name.contains("..")
+        {
             item.report(
                 ConfigErrorKind::InvalidValue,
                 format!("`{name}` is not a usable action name"),
-                "a name without '/', '?', '#' or \"..\", like \"process.list\"".to_owned(),
+                "a name without '/', '?', '#' or \"..\", other than \".\", like \"process.list\" (it is sent percent-encoded as one path segment)".to_owned(),
                 None,
             );
             continue;
@@ -673,14 +859,15 @@ fn read_actions(root: &Table<'_>) -> BTreeMap<String, ActionConfig> {
             }
         }
         if let Some(h) = a.table("headers") {
-            action.headers = read_headers(&h);
+            action.headers = read_headers(&h, secrets);
         }
         out.insert(name.to_owned(), action);
     }
     out
 }
 
-/// Expands `${NAME}` in a header value from the environment.
+/// Expands `${NAME}` in a header value from the environment. Errors never
+/// quote the value (it may hold secrets), only the variable's name.
 pub(crate) fn expand_env(value: &str) -> Result<String, String> {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
@@ -688,7 +875,7 @@ pub(crate) fn expand_env(value: &str) -> Result<String, String> {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let Some(end) = after.find('}') else {
-            return Err(format!("unclosed `${{` in {value:?}"));
+            return Err("an unclosed `${`".to_owned());
         };
         let name = &after[..end];
         match std::env::var(name) {
@@ -721,6 +908,8 @@ base_url = "http://127.0.0.1:9000"
 timeout = "3s"
 health_path = "/health"
 headers = { Authorization = "Bearer ${API_TOKEN}" }
+max_response_bytes = 1_048_576
+follow_redirects = "same-origin"
 
 [refresh]
 check_interval = "5s"
@@ -756,6 +945,8 @@ resource = "process"
         assert_eq!(c.upstream.base_url.as_str(), "http://127.0.0.1:9000/");
         assert_eq!(c.upstream.timeout, Duration::from_secs(3));
         assert_eq!(c.upstream.headers["Authorization"], "Bearer ${API_TOKEN}");
+        assert_eq!(c.upstream.max_response_bytes, 1_048_576);
+        assert_eq!(c.upstream.follow_redirects, FollowRedirects::SameOrigin);
         assert_eq!(c.engine.refresh.check_interval, Duration::from_secs(5));
         assert_eq!(c.actions["process.list"].method, Method::Get);
         assert_eq!(c.actions["node.tree"].path, "/api/{action}");
@@ -798,10 +989,79 @@ resource = "process"
             "[server]\nlisten = \"localhost\"\n[upstream]\nbase_url = \"http://x\"\n[actions.a]\n",
         );
         assert!(e.contains("server.listen"), "{e}");
-        let e = errors("[upstream]\nbase_url = \"http://x\"\n[actions.\"a/b\"]\n");
-        assert!(e.contains("not a usable action name"), "{e}");
+        for bad in ["a/b", ".", "a..b", ""] {
+            let e = errors(&format!(
+                "[upstream]\nbase_url = \"http://x\"\n[actions.\"{bad}\"]\n"
+            ));
+            assert!(e.contains("not a usable action name"), "{bad:?}: {e}");
+        }
         let e = errors("[upstream]\nbase_url = \"http://x\"\n[actions.a]\nmethd = \"GET\"\n");
         assert!(e.contains("did you mean `method`?"), "{e}");
+        for bad in ["0", "-1", "1073741825", "\"8MiB\""] {
+            let e = errors(&format!(
+                "[upstream]\nbase_url = \"http://x\"\nmax_response_bytes = {bad}\n[actions.a]\n"
+            ));
+            assert!(
+                e.contains("revalidate.toml:3:22") && e.contains("upstream.max_response_bytes"),
+                "{bad}: {e}"
+            );
+        }
+        let ok = DaemonConfig::parse(
+            "revalidate.toml",
+            "[upstream]\nbase_url = \"http://x\"\nmax_response_bytes = 1073741824\n[actions.a]\n",
+        )
+        .unwrap();
+        assert_eq!(ok.upstream.max_response_bytes, 1 << 30);
+        let default = DaemonConfig::parse(
+            "revalidate.toml",
+            "[upstream]\nbase_url = \"http://x\"\n[actions.a]\n",
+        )
+        .unwrap();
+        assert_eq!(default.upstream.max_response_bytes, 8 << 20);
+        assert_eq!(default.upstream.follow_redirects, FollowRedirects::Never);
+        let e = errors(
+            "[upstream]\nbase_url = \"http://x\"\nfollow_redirects = \"always\"\n[actions.a]\n",
+        );
+        assert!(
+            e.contains("revalidate.toml:3:20") && e.contains("\"same-origin\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn credentials_and_header_values_are_never_quoted() {
+        let e = errors(
+            "[upstream]\nbase_url = \"http://me:pa55w0rd@x\"\nheaders = { A = \"Bearer t0k3n-${T}-tail\", \"b c\" = \"1\" }\n[actions.a]\n",
+        );
+        assert!(e.contains("revalidate.toml:2:12"), "{e}");
+        assert!(e.contains("Basic ${UPSTREAM_AUTH}"), "{e}");
+        assert!(e.contains("revalidate.toml:3:"), "{e}");
+        for secret in ["me:", "pa55w0rd", "t0k3n", "-tail"] {
+            assert!(!e.contains(secret), "{secret}: {e}");
+        }
+        // The references are names, not secrets: they stay.
+        assert!(e.contains("${T}"), "{e}");
+        let e =
+            errors("[upstream]\nbase_url = \"http://x\"\nheaders = { A = \"${}\" }\n[actions.a]\n");
+        assert!(
+            e.contains("upstream.headers.A") && e.contains("empty"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn masking_keeps_every_position() {
+        let text = "u = \"https://ü:p@h/x\"\nh = { A = 'Bearer ${K}é' }\n";
+        let masked = mask_secrets(text, &["Bearer ${K}é".to_owned()]);
+        assert_eq!(masked.len(), text.len());
+        assert_eq!(
+            masked,
+            "u = \"https://**:*@h/x\"\nh = { A = '*******${K}**' }\n"
+        );
+        assert_eq!(literal_parts("a${B}c${D"), [(0, 1), (5, 6), (8, 9)]);
+        assert_eq!(literal_parts("${B}"), []);
+        assert_eq!(check_env_refs("x ${A} ${B}"), Ok(()));
+        assert!(check_env_refs("x ${A").is_err());
     }
 
     #[test]
@@ -814,6 +1074,7 @@ resource = "process"
                 .unwrap_err()
                 .contains("not set")
         );
-        assert!(expand_env("${oops").is_err());
+        let e = expand_env("secret-part${oops").unwrap_err();
+        assert!(!e.contains("secret-part"), "{e}");
     }
 }

@@ -23,3 +23,28 @@ mod upstream;
 pub fn main() -> std::process::ExitCode {
     cli::main()
 }
+
+#[doc(hidden)]
+pub mod fuzzing {
+    //! Entry points for fuzz targets: the functions that read input from
+    //! outside the process, callable without a network or a configuration.
+    //! Not a stable interface.
+
+    use bytes::Bytes;
+    use revalidate::{FetchError, Fetched};
+
+    /// Classifies one upstream answer exactly as the daemon does (with the
+    /// default `[upstream]` settings and no configured headers): the body of
+    /// a value it would cache, "not modified", or the error it would record.
+    ///
+    /// Header pairs that are not valid HTTP are skipped, as the HTTP client
+    /// would refuse them before the classifier saw them; a status outside
+    /// `100..=999` is a failed fetch.
+    pub fn upstream_answer(
+        status: u16,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+    ) -> Result<Fetched<Bytes>, FetchError> {
+        crate::upstream::classify::fuzz(status, headers, body)
+    }
+}

@@ -85,9 +85,13 @@ fn enable_admin(env: Option<&str>) -> String {
 fn upstream_message(error: &FetchError) -> String {
     match (error.kind(), error.status()) {
         (FetchErrorKind::BadData, Some(status)) => {
-            format!("the upstream answered {status} with a body that is not JSON")
+            format!(
+                "the upstream answered {status} with a body that is unusable (not JSON, or too large)"
+            )
         }
-        (FetchErrorKind::BadData, None) => "the upstream's answer is not JSON".to_owned(),
+        (FetchErrorKind::BadData, None) => {
+            "the upstream's answer is unusable (not JSON, or too large)".to_owned()
+        }
         (_, Some(status)) => format!("the upstream answered {status}"),
         (FetchErrorKind::Network, None) => "the upstream cannot be reached".to_owned(),
         (FetchErrorKind::Timeout, None) => "the upstream did not answer in time".to_owned(),
@@ -345,7 +349,7 @@ mod tests {
                 FetchError::bad_data(format!("not JSON ({secret})")).with_status(200),
                 "bad_data",
                 json!(200),
-                "the upstream answered 200 with a body that is not JSON",
+                "the upstream answered 200 with a body that is unusable (not JSON, or too large)",
             ),
             (
                 FetchError::network(format!("connection failed: {secret}")),

@@ -624,3 +624,7 @@ pub fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     }
     false
 }
+// ---------------------------------------------------------------------------
+// Hostile conditions: a fault-injecting proxy, a scripted upstream, the
+// daemon with its logs and pid (tests/faults.rs, tests/upstream_*.rs).
+pub mod faults;

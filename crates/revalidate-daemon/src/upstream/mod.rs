@@ -1,31 +1,42 @@
 //! The upstream fetcher: the seed's `ActionClient` over HTTP.
 //!
 //! Each declared action is called at `base_url` + its path template
-//! (default `/actions/{action}`): `POST` with the parameters as a JSON body,
-//! or `GET` with them as a query string. Only the configured base URL is
-//! ever contacted: parameters go into the body or the query string, never
-//! into the scheme, host or path.
+//! (default `/actions/{action}`, the name percent-encoded as one segment):
+//! `POST` with the parameters as a JSON body, or `GET` with them as a query
+//! string. Only the configured origin is ever contacted: parameters go into
+//! the body or the query string, never into the scheme, host or path, and
+//! redirects are followed only if `[upstream] follow_redirects` allows, to
+//! the same origin (`redirect`).
 //!
-//! Answers are classified for the engine: connection failures are network
-//! errors, timeouts and 5xx are retried, 4xx are rejected (429 with its
-//! `Retry-After`), and a body that is not JSON is bad data, never cached. The
-//! stored ETag is sent as `If-None-Match`; a `304` is a successful refresh
-//! that transfers no body.
+//! Answers are classified for the engine by one pure function (`classify`):
+//! connection failures are network errors, timeouts and 5xx are retried,
+//! 4xx and unfollowed redirects are rejected (429 retried after its
+//! `Retry-After`), and a body that is not JSON, or larger than
+//! `[upstream] max_response_bytes`, is bad data, never cached. Bodies are
+//! read chunk by chunk and never held past the limit. The stored ETag is
+//! sent as `If-None-Match`; a `304` is a successful refresh that transfers
+//! no body.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use reqwest::header::{
-    CONTENT_TYPE, ETAG, HeaderMap, HeaderName, HeaderValue, IF_NONE_MATCH, RETRY_AFTER,
-};
+use bytes::{Bytes, BytesMut};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, IF_NONE_MATCH, LOCATION};
 use revalidate::store::{Codec, CodecError};
 use revalidate::{FetchError, FetchRequest, Fetched, Fetcher, QueryKey};
 use serde_json::Value;
 
-use crate::config::{DaemonConfig, Method, expand_env};
+use crate::config::{DaemonConfig, FollowRedirects, Method, expand_env};
+
+pub(crate) mod classify;
+pub(crate) mod redact;
+mod redirect;
+
+use classify::{Answer, BodyError, Rules, classify};
+use redact::Redactor;
+use redirect::NotFollowed;
 
 /// A cached upstream answer: the JSON body, byte for byte, and its validators.
 #[derive(Debug, Clone)]
@@ -116,6 +127,12 @@ pub(crate) struct Upstream {
     http: reqwest::Client,
     routes: HashMap<String, Route>,
     health: Option<reqwest::Url>,
+    /// `[upstream] max_response_bytes`.
+    max_response_bytes: usize,
+    /// `[upstream] follow_redirects`.
+    follow_redirects: FollowRedirects,
+    /// Takes every configured header value out of every error message.
+    redactor: Redactor,
     /// Body bytes not transferred thanks to `304 Not Modified`.
     pub(crate) bytes_saved: AtomicU64,
     /// Requests sent (fetches and probes).
@@ -138,7 +155,9 @@ pub(crate) enum UpstreamError {
 impl Upstream {
     pub(crate) fn new(config: &DaemonConfig) -> Result<Arc<Self>, UpstreamError> {
         let u = &config.upstream;
-        let headers = |extra: &std::collections::BTreeMap<String, String>| -> Result<HeaderMap, UpstreamError> {
+        // Every value sent, for the redactor.
+        let mut secrets: Vec<String> = Vec::new();
+        let mut headers = |extra: &std::collections::BTreeMap<String, String>| -> Result<HeaderMap, UpstreamError> {
             let mut map = HeaderMap::new();
             for (name, value) in u.headers.iter().chain(extra) {
                 let err = |problem: String| UpstreamError::Header {
@@ -152,12 +171,13 @@ impl Upstream {
                 // Header values may carry secrets: never print them.
                 value_h.set_sensitive(true);
                 map.insert(name_h, value_h);
+                secrets.push(value);
             }
             Ok(map)
         };
         let mut routes = HashMap::new();
         for (action, a) in &config.actions {
-            let path = a.path.replace("{action}", action);
+            let path = a.path.replace("{action}", &encode_segment(action));
             let url = join(&u.base_url, &path);
             routes.insert(
                 action.clone(),
@@ -172,11 +192,17 @@ impl Upstream {
             .timeout(u.timeout)
             .connect_timeout(u.timeout.min(Duration::from_secs(5)))
             .user_agent(concat!("revalidate/", env!("CARGO_PKG_VERSION")))
+            // Followed (or not) by `fetch`, by `[upstream] follow_redirects`.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
+        let redactor = Redactor::new(secrets.iter().map(String::as_str));
         Ok(Arc::new(Self {
             http,
             routes,
+            redactor,
             health: u.health_path.as_deref().map(|p| join(&u.base_url, p)),
+            max_response_bytes: u.max_response_bytes,
+            follow_redirects: u.follow_redirects,
             bytes_saved: AtomicU64::new(0),
             requests: AtomicU64::new(0),
         }))
@@ -206,11 +232,29 @@ impl Upstream {
                 self.health.is_none() || r.status().is_success() || r.status().is_redirection()
             }
             Err(e) => {
-                tracing::debug!(target: "revalidate", "🔎 probe: upstream unreachable: {}", describe(&e));
+                let why = describe(&e);
+                tracing::debug!(target: "revalidate", "🔎 probe: upstream unreachable: {}", self.redactor.redact(&why));
                 false
             }
         }
     }
+}
+
+/// Percent-encodes every byte of `s` but RFC 3986's unreserved characters
+/// (`A-Z a-z 0-9 - . _ ~`), so that an action name is one path segment
+/// whatever it holds: `\` is not a separator, `%` not an escape, and
+/// `%2e%2e` not a way up.
+fn encode_segment(s: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
 }
 
 /// `base` + `path`, keeping the base's own path prefix (`http://h/api` +
@@ -243,6 +287,108 @@ fn query_pairs(params: &Value) -> Vec<(String, String)> {
     pairs
 }
 
+/// How much of an error answer's body is read (for its message).
+const ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// Reads a body of at most `limit` bytes chunk by chunk, so that a longer
+/// one is never held in memory: reading stops as soon as it passes the
+/// limit. On failure, the error and what was read before it.
+async fn read_body(
+    response: &mut reqwest::Response,
+    limit: usize,
+) -> Result<Bytes, (BodyError, Bytes)> {
+    let mut body = Collected::default();
+    loop {
+        let chunk = match response.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return Ok(body.into_bytes()),
+            Err(e) => return Err((body_error(&e), body.into_bytes())),
+        };
+        let room = limit - body.len();
+        if chunk.len() > room {
+            body.push(chunk.slice(..room), room);
+            return Err((BodyError::TooLarge, body.into_bytes()));
+        }
+        let expected = response
+            .content_length()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0)
+            .min(limit);
+        body.push(chunk, expected);
+    }
+}
+
+/// A body being read: most come in one chunk, kept as it is; more chunks
+/// are copied into one buffer.
+#[derive(Default)]
+enum Collected {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Collected {
+    fn len(&self) -> usize {
+        match self {
+            Self::Empty => 0,
+            Self::One(b) => b.len(),
+            Self::Many(b) => b.len(),
+        }
+    }
+
+    /// Adds a chunk; `expected` is the body's announced length, if any.
+    fn push(&mut self, chunk: Bytes, expected: usize) {
+        *self = match std::mem::take(self) {
+            Self::Empty => Self::One(chunk),
+            Self::One(first) => {
+                let mut all = BytesMut::with_capacity(expected.max(first.len() + chunk.len()));
+                all.extend_from_slice(&first);
+                all.extend_from_slice(&chunk);
+                Self::Many(all)
+            }
+            Self::Many(mut all) => {
+                all.extend_from_slice(&chunk);
+                Self::Many(all)
+            }
+        };
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Self::Empty => Bytes::new(),
+            Self::One(b) => b,
+            Self::Many(b) => b.freeze(),
+        }
+    }
+}
+
+/// A request that got no answer: a timeout, or a network error (refused,
+/// reset, closed before the answer); `failed` only for a request that could
+/// not be built.
+fn send_error(e: &reqwest::Error) -> FetchError {
+    let why = describe(e);
+    if e.is_timeout() {
+        FetchError::timeout(why)
+    } else if e.is_builder() {
+        FetchError::failed(why)
+    } else {
+        FetchError::network(why)
+    }
+}
+
+/// A body that could not be read in full: the timeout ran out while it
+/// trickled, or the connection failed (reset, or closed before
+/// `Content-Length` bytes: truncation is a transport failure too).
+fn body_error(e: &reqwest::Error) -> BodyError {
+    let why = describe(e);
+    if e.is_timeout() {
+        BodyError::Timeout(why)
+    } else {
+        BodyError::Network(why)
+    }
+}
+
 /// A short reason for a transport error, without URLs or headers.
 fn describe(e: &reqwest::Error) -> String {
     let mut cause: &dyn std::error::Error = e;
@@ -258,31 +404,36 @@ fn describe(e: &reqwest::Error) -> String {
     }
 }
 
-/// Seconds of a `Retry-After` header (delta-seconds form; a date counts as 60 s).
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(RETRY_AFTER)?.to_str().ok()?;
-    Some(Duration::from_secs(v.trim().parse().unwrap_or(60)))
+impl Fetcher<Payload> for Arc<Upstream> {
+    /// Fetches one key; every error's message is redacted here, the one way
+    /// out of this module.
+    async fn fetch(&self, req: FetchRequest<'_, Payload>) -> Result<Fetched<Payload>, FetchError> {
+        self.fetch_unredacted(req)
+            .await
+            .map_err(|e| self.redactor.error(e))
+    }
 }
 
-impl Fetcher<Payload> for Arc<Upstream> {
-    async fn fetch(&self, req: FetchRequest<'_, Payload>) -> Result<Fetched<Payload>, FetchError> {
+impl Upstream {
+    /// `fetch`, before redaction.
+    async fn fetch_unredacted(
+        &self,
+        req: FetchRequest<'_, Payload>,
+    ) -> Result<Fetched<Payload>, FetchError> {
         let action = req.key.action();
         let Some(route) = self.routes.get(action) else {
             return Err(FetchError::rejected(format!(
                 "`{action}` is not a declared action"
             )));
         };
-        let mut builder = match route.method {
+        let (mut url, body) = match route.method {
             Method::Post => {
                 let body = if req.key.has_params() {
                     req.key.params_json().to_owned()
                 } else {
                     "{}".to_owned()
                 };
-                self.http
-                    .post(route.url.clone())
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(body)
+                (route.url.clone(), Some(Bytes::from(body)))
             }
             Method::Get => {
                 let mut url = route.url.clone();
@@ -290,77 +441,93 @@ impl Fetcher<Payload> for Arc<Upstream> {
                 if !pairs.is_empty() {
                     url.query_pairs_mut().extend_pairs(pairs);
                 }
-                self.http.get(url)
+                (url, None)
             }
         };
-        builder = builder.headers(route.headers.clone());
-        if let Some(tag) = req.previous.and_then(|p| p.upstream_etag.as_deref())
-            && let Ok(v) = HeaderValue::from_str(tag)
-        {
-            builder = builder.header(IF_NONE_MATCH, v);
-        }
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        let response = builder.send().await.map_err(|e| {
-            let why = describe(&e);
-            if e.is_timeout() {
-                FetchError::timeout(why)
-            } else if e.is_connect() {
-                FetchError::network(why)
-            } else {
-                FetchError::failed(why)
+        let if_none_match = req
+            .previous
+            .and_then(|p| p.upstream_etag.as_deref())
+            .and_then(|tag| HeaderValue::from_str(tag).ok());
+        // Redirects are followed here, one request per hop, by the policy of
+        // `redirect` (the HTTP client itself follows none).
+        let mut hops = 0;
+        let (mut response, not_followed) = loop {
+            let mut builder = match &body {
+                Some(body) => self
+                    .http
+                    .post(url.clone())
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(body.clone()),
+                None => self.http.get(url.clone()),
+            };
+            builder = builder.headers(route.headers.clone());
+            if let Some(v) = &if_none_match {
+                builder = builder.header(IF_NONE_MATCH, v.clone());
             }
-        })?;
-        let status = response.status();
-        if status == reqwest::StatusCode::NOT_MODIFIED {
-            if let Some(prev) = req.previous {
-                self.bytes_saved
-                    .fetch_add(prev.body.len() as u64, Ordering::Relaxed);
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let response = builder.send().await.map_err(|e| send_error(&e))?;
+            let status = response.status();
+            if !status.is_redirection() || status == reqwest::StatusCode::NOT_MODIFIED {
+                break (response, None);
             }
-            return Ok(Fetched::not_modified());
-        }
-        let retry = retry_after(response.headers());
-        let etag = response
-            .headers()
-            .get(ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| FetchError::network(describe(&e)))?;
-        // The upstream's own words stay in the error's message, for the log
-        // and the operator's views; callers are told the kind and the status.
-        let snippet = || String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-        let code = status.as_u16();
-        if status.is_server_error() {
-            let e = FetchError::failed(format!("upstream answered {status}: {}", snippet()))
-                .with_status(code);
-            return Err(match retry {
-                Some(d) => e.with_retry_after(d),
-                None => e,
-            });
-        }
-        if status.is_client_error() {
-            let e = FetchError::rejected(format!("upstream answered {status}: {}", snippet()))
-                .with_status(code);
-            return Err(match (status, retry) {
-                (reqwest::StatusCode::TOO_MANY_REQUESTS, d) => {
-                    e.with_retry_after(d.unwrap_or(Duration::from_secs(60)))
+            let location = response.headers().get(LOCATION);
+            match redirect::follow(
+                self.follow_redirects,
+                route.method,
+                status,
+                &url,
+                location,
+                hops,
+            ) {
+                Ok(next) => {
+                    hops += 1;
+                    url = next;
                 }
-                _ => e,
-            });
+                Err(why) => break (response, Some(why)),
+            }
+        };
+        let status = response.status();
+        let headers = std::mem::take(response.headers_mut());
+        let limit = self.max_response_bytes;
+        let body = if status.is_redirection() {
+            // Not followed: a rejected fetch, whatever its body says.
+            Ok(Bytes::new())
+        } else if !status.is_success() {
+            // Only for the error's message: a snippet is enough, and a
+            // failure to read it changes nothing of what the status says.
+            Ok(read_body(&mut response, limit.min(ERROR_BODY_BYTES))
+                .await
+                .unwrap_or_else(|(_, partial)| partial))
+        } else if response.content_length().is_some_and(|n| n > limit as u64) {
+            // Refused on its Content-Length by the classifier: never read.
+            Ok(Bytes::new())
+        } else {
+            read_body(&mut response, limit)
+                .await
+                .map_err(|(error, _)| error)
+        };
+        drop(response);
+        let rules = Rules {
+            now: SystemTime::now(),
+            max_bytes: limit,
+            not_followed: not_followed.unwrap_or(NotFollowed::Never),
+            redactor: &self.redactor,
+        };
+        let fetched = classify(
+            Answer {
+                status,
+                headers: &headers,
+                body,
+            },
+            &rules,
+        )?;
+        if fetched.value().is_none()
+            && let Some(prev) = req.previous
+        {
+            self.bytes_saved
+                .fetch_add(prev.body.len() as u64, Ordering::Relaxed);
         }
-        if !status.is_success() {
-            return Err(FetchError::failed(format!("upstream answered {status}")).with_status(code));
-        }
-        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
-            return Err(FetchError::bad_data(format!(
-                "upstream answered {status} with a body that is not JSON ({e})"
-            ))
-            .with_status(code));
-        }
-        let bytes = body.len() as u64;
-        Ok(Fetched::new(Payload::new(body, etag)).with_bytes(bytes))
+        Ok(fetched)
     }
 }
 
@@ -407,6 +574,23 @@ mod tests {
             ]
         );
         assert!(query_pairs(&Value::Null).is_empty());
+    }
+
+    #[test]
+    fn action_names_are_encoded_as_one_segment() {
+        assert_eq!(encode_segment("process.list"), "process.list");
+        assert_eq!(encode_segment("a-b_c~d"), "a-b_c~d");
+        assert_eq!(encode_segment(r"x\y"), "x%5Cy");
+        assert_eq!(encode_segment("50% off"), "50%25%20off");
+        assert_eq!(encode_segment("%2e%2e"), "%252e%252e");
+        assert_eq!(encode_segment("é"), "%C3%A9");
+        let base = reqwest::Url::parse("http://h/api/").unwrap();
+        for odd in [r"x\y", "%2e%2e", "a b", "..;", "ü"] {
+            let url = join(&base, &format!("/actions/{}", encode_segment(odd)));
+            let segments: Vec<&str> = url.path_segments().unwrap().collect();
+            assert_eq!(segments.len(), 3, "{odd}: {url}");
+            assert_eq!(segments[..2], ["api", "actions"], "{odd}: {url}");
+        }
     }
 
     #[test]
