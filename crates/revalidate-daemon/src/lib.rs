@@ -47,4 +47,17 @@ pub mod fuzzing {
     ) -> Result<Fetched<Bytes>, FetchError> {
         crate::upstream::classify::fuzz(status, headers, body)
     }
+
+    /// Reads a daemon configuration from any text, as `check-config` does:
+    /// errors (with positions inside the text, and never a secret quoted),
+    /// never a panic.
+    pub fn config(text: &str) {
+        if let Err(errors) = crate::config::DaemonConfig::parse("fuzz.toml", text) {
+            let lines = text.lines().count().max(1);
+            for e in errors.errors() {
+                assert!(e.line() <= lines + 1, "error line {} of {lines}", e.line());
+            }
+            let _ = errors.to_string();
+        }
+    }
 }
