@@ -150,6 +150,16 @@ fn check_config(file: &std::path::Path, profile: Option<&str>) -> ExitCode {
         ),
         None => println!("store: none (memory only)"),
     }
+    match &config.cluster {
+        Some(c) => println!(
+            "cluster: node {} through Redis at {} (keys under `{}:`, lease {:?})",
+            c.node_id.as_deref().unwrap_or("<host name and pid>"),
+            redacted_redis_target(&c.redis_url),
+            c.key_prefix,
+            c.lease_ttl
+        ),
+        None => println!("cluster: none (this node alone)"),
+    }
     match &config.server.admin_token_env {
         Some(var) if std::env::var(var).is_ok_and(|t| !t.is_empty()) => {
             println!("admin: enabled (token in ${var})")
@@ -222,6 +232,14 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("a tokio runtime")
+}
+
+/// A Redis URL for printing: scheme, host, port and db, never credentials.
+fn redacted_redis_target(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
 }
 
 /// Runs the command line given to the process.

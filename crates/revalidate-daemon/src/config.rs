@@ -206,6 +206,19 @@ pub(crate) struct DaemonConfig {
     pub(crate) store: Option<StoreConfig>,
     pub(crate) upstream: UpstreamConfig,
     pub(crate) actions: BTreeMap<String, ActionConfig>,
+    /// `[cluster]`: several nodes through one Redis (`None`: this node alone).
+    pub(crate) cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: the shared tier on Redis.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ClusterConfig {
+    /// `redis://…` or `rediss://…`, before `${ENV}` expansion.
+    pub(crate) redis_url: String,
+    /// `None`: the host name and pid.
+    pub(crate) node_id: Option<String>,
+    pub(crate) lease_ttl: Duration,
+    pub(crate) key_prefix: String,
 }
 
 const DEFAULT_PATH: &str = "/actions/{action}";
@@ -265,6 +278,7 @@ impl DaemonConfig {
             let store = root.table("store").map(|t| read_store(&t));
             let upstream = read_upstream(root, secrets);
             let actions = read_actions(root, secrets);
+            let cluster = root.table("cluster").map(|t| read_cluster(&t, for_serve));
             check_probe_interval(root);
             if for_serve {
                 check_header_values(root);
@@ -272,9 +286,9 @@ impl DaemonConfig {
                     check_store_dir(&t);
                 }
             }
-            (engine, server, store, upstream, actions)
+            (engine, server, store, upstream, actions, cluster)
         })?;
-        let (engine, server, store, upstream, actions) = parsed;
+        let (engine, server, store, upstream, actions, cluster) = parsed;
         Ok(Self {
             file: name.to_owned(),
             engine,
@@ -282,6 +296,7 @@ impl DaemonConfig {
             store,
             upstream: upstream.expect("a missing [upstream] is reported as an error"),
             actions,
+            cluster,
         })
     }
 }
@@ -636,6 +651,78 @@ fn check_store_dir(t: &Table<'_>) {
                 .to_owned(),
         ),
     );
+}
+
+/// `[cluster]`. The URL's password may come from the environment
+/// (`redis://:${REDIS_PASSWORD}@host:6379/0`); `check-config` and `serve`
+/// check that the variable is set.
+fn read_cluster(t: &Table<'_>, for_serve: bool) -> ClusterConfig {
+    let mut c = ClusterConfig {
+        redis_url: String::new(),
+        node_id: None,
+        lease_ttl: Duration::from_secs(10),
+        key_prefix: "revalidate".to_owned(),
+    };
+    match t.item("redis_url") {
+        None => t.error(
+            "redis_url",
+            "missing key `cluster.redis_url`",
+            "the Redis the nodes share, like \"redis://127.0.0.1:6379/0\"; remove [cluster] to run alone",
+        ),
+        Some(item) => {
+            if let Some(url) = item.as_str() {
+                let scheme_ok = url.starts_with("redis://") || url.starts_with("rediss://");
+                let expanded = expand_env(url);
+                if !scheme_ok {
+                    item.invalid::<()>(
+                        "a redis:// or rediss:// URL, like \"redis://127.0.0.1:6379/0\"",
+                        None,
+                    );
+                } else if let (true, Err(e)) = (for_serve, &expanded) {
+                    item.invalid::<()>(
+                        "a Redis URL whose ${NAME} references are set in the environment",
+                        Some(e.clone()),
+                    );
+                } else {
+                    c.redis_url = url.to_owned();
+                }
+            }
+        }
+    }
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_.:".contains(ch))
+    };
+    if let Some(item) = t.item("node_id")
+        && let Some(id) = item.as_str()
+    {
+        if name_ok(id) {
+            c.node_id = Some(id.to_owned());
+        } else {
+            item.invalid::<()>(
+                "up to 64 letters, digits, '-', '_', '.' or ':', unique in the cluster, like \"node-a\"",
+                None,
+            );
+        }
+    }
+    if let Some(d) = bounded_duration(t, "lease_ttl", 100 * MS, 10 * 60 * 1000 * MS) {
+        c.lease_ttl = d;
+    }
+    if let Some(item) = t.item("key_prefix")
+        && let Some(p) = item.as_str()
+    {
+        if name_ok(p) {
+            c.key_prefix = p.to_owned();
+        } else {
+            item.invalid::<()>(
+                "up to 64 letters, digits, '-', '_', '.' or ':', like \"revalidate\" (every Redis key lives under it)",
+                None,
+            );
+        }
+    }
+    c
 }
 
 fn read_upstream(root: &Table<'_>, secrets: &RefCell<Vec<String>>) -> Option<UpstreamConfig> {

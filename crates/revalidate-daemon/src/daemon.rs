@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use revalidate::cluster::{ClusterError, ClusterHandle, ClusterOptions, RedisTier};
 use revalidate::{
     BackgroundRefresh, ClockSource, PersistHandle, Persistence, QueryClient, RedbStore,
     RefreshError, StoreError,
@@ -20,7 +21,7 @@ use revalidate::{
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{DaemonConfig, OnStoreError, StoreConfig};
+use crate::config::{ClusterConfig, DaemonConfig, OnStoreError, StoreConfig, expand_env};
 use crate::events::EventLog;
 use crate::server::{self, AllowedHosts, Connections, Limits, LiveHub, Shared};
 use crate::upstream::{Payload, PayloadCodec, Upstream, UpstreamError};
@@ -48,6 +49,8 @@ pub(crate) enum DaemonError {
     Refresh(#[from] RefreshError),
     #[error(transparent)]
     Settings(#[from] revalidate::SettingsError),
+    #[error("[cluster]: {0}")]
+    Cluster(ClusterError),
     #[error(
         "cannot listen on {addr}: {source}; choose another address with [server] listen or --listen"
     )]
@@ -68,7 +71,7 @@ impl DaemonError {
     /// run with (found at start), 1 for any other failure.
     pub(crate) fn exit_code(&self) -> u8 {
         match self {
-            Self::Upstream(_) | Self::Settings(_) => 2,
+            Self::Upstream(_) | Self::Settings(_) | Self::Cluster(_) => 2,
             _ => 1,
         }
     }
@@ -166,6 +169,37 @@ async fn open_store(
     }
 }
 
+/// The node's tier on Redis. A Redis that does not answer is not fatal:
+/// the node starts alone and joins when it answers; a wrong URL, password
+/// or a Redis without scripting is a configuration error.
+async fn join_cluster(
+    c: &ClusterConfig,
+    max_payload_bytes: usize,
+) -> Result<RedisTier<Payload, PayloadCodec>, DaemonError> {
+    let url = expand_env(&c.redis_url).map_err(|e| {
+        DaemonError::Cluster(ClusterError::BadUrl {
+            url: "[cluster] redis_url".to_owned(),
+            reason: e,
+        })
+    })?;
+    let mut options = ClusterOptions::new(url);
+    if let Some(id) = &c.node_id {
+        options.node_id = id.clone();
+    }
+    options.lease_ttl = c.lease_ttl;
+    options.key_prefix = c.key_prefix.clone();
+    options.max_payload_bytes = max_payload_bytes;
+    let tier = RedisTier::new(options, PayloadCodec).map_err(DaemonError::Cluster)?;
+    match tier.check().await {
+        Ok(()) => {}
+        Err(e) if e.is_unreachable() => {
+            tracing::warn!("[cluster]: {e}; starting alone, joining the cluster when Redis answers")
+        }
+        Err(e) => return Err(DaemonError::Cluster(e)),
+    }
+    Ok(tier)
+}
+
 /// Runs the daemon until the first of `signals`, then stops (see the
 /// module's comment). The admin token is `admin_token` if given, else read
 /// from `[server] admin_token_env`.
@@ -176,17 +210,31 @@ pub(crate) async fn serve(
     on_listen: Option<OnListen>,
 ) -> Result<(), DaemonError> {
     let upstream = Upstream::new(&config)?;
-    let client: QueryClient<_> = QueryClient::builder(upstream.clone())
+    let tier = match &config.cluster {
+        Some(c) => Some(join_cluster(c, config.upstream.max_response_bytes).await?),
+        None => None,
+    };
+    let mut builder = QueryClient::builder(upstream.clone())
         .policy(config.engine.policy.clone())
         .settings(config.engine.refresh.clone())?
         .clock(ClockSource::Coarse)
-        .max_queries(config.server.max_queries)
-        .build();
+        .max_queries(config.server.max_queries);
+    if let Some(tier) = &tier {
+        builder = builder.coordinator(tier.coordinator());
+    }
+    let client: QueryClient<_> = builder.build();
 
     let persist = match &config.store {
         None => None,
         Some(store) => open_store(store, &client).await?,
     };
+    // After hydrate, so that the first reconciliation sees what the store
+    // restored.
+    let cluster: Option<(RedisTier<Payload, PayloadCodec>, ClusterHandle)> = tier.map(|tier| {
+        let (feed, handle) = tier.attach(&client);
+        tokio::spawn(feed);
+        (tier, handle)
+    });
 
     let probe = {
         let upstream = upstream.clone();
@@ -224,6 +272,7 @@ pub(crate) async fn serve(
             config.server.live_queries,
         )),
         openapi: server::openapi_document(&upstream.actions()),
+        cluster: cluster.as_ref().map(|(tier, _)| tier.clone()),
     });
     LiveHub::start(&state);
     let hosts = AllowedHosts::new(config.server.allowed_hosts.as_deref(), config.server.listen);
@@ -273,6 +322,8 @@ pub(crate) async fn serve(
     );
     stop.send_replace(true);
     let _ = accept.await;
+    // The node leaves the cluster: no more changes applied or published.
+    drop(cluster);
     let forced = tokio::select! {
         () = connections.closed() => false,
         () = tokio::time::sleep(config.server.shutdown_grace) => {

@@ -262,6 +262,28 @@ pub(crate) async fn network(State(state): State<AppState>) -> axum::Json<Value> 
     axum::Json(network_json(&state))
 }
 
+/// The node's part in a cluster (`[cluster]`), or `{"enabled": false}`.
+pub(crate) fn cluster_json(state: &AppState) -> Value {
+    match &state.cluster {
+        None => json!({ "enabled": false }),
+        Some(tier) => {
+            let mut v = serde_json::to_value(tier.status()).unwrap_or_default();
+            if let Value::Object(map) = &mut v {
+                map.insert("enabled".into(), json!(true));
+            }
+            v
+        }
+    }
+}
+
+/// Whether this node cooperates with others through Redis, and how much.
+#[utoipa::path(get, path = "/v1/cluster", tag = "operations",
+    responses((status = 200, description = "The node's cluster state", body = super::openapi::Cluster),
+        (status = 421, description = "A Host not in allowed_hosts", body = super::openapi::ErrorBody)))]
+pub(crate) async fn cluster(State(state): State<AppState>) -> axum::Json<Value> {
+    axum::Json(cluster_json(&state))
+}
+
 /// Gives the daemon's own metrics their `# HELP` text (the engine describes
 /// its own). Called once, when the Prometheus recorder is installed.
 pub(crate) fn describe_metrics() {
@@ -272,6 +294,26 @@ pub(crate) fn describe_metrics() {
     metrics::describe_counter!(
         "revalidate_bytes_saved_total",
         "Body bytes the upstream did not send because it answered 304 Not Modified."
+    );
+    metrics::describe_gauge!(
+        "revalidate_cluster_connected",
+        "Whether this node cooperates through Redis (1) or runs alone (0); absent without [cluster]."
+    );
+    metrics::describe_counter!(
+        "revalidate_cluster_round_trips_total",
+        "Redis round trips made for fetches (acquire and publish)."
+    );
+    metrics::describe_counter!(
+        "revalidate_cluster_refused_total",
+        "Fetch results refused because a newer write won (a late writer)."
+    );
+    metrics::describe_counter!(
+        "revalidate_cluster_events_applied_total",
+        "Changes and invalidations from other nodes applied here."
+    );
+    metrics::describe_counter!(
+        "revalidate_cluster_skipped_total",
+        "Refreshes left to another node that held the key's lease."
     );
 }
 
@@ -295,6 +337,14 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
         .requests
         .load(std::sync::atomic::Ordering::Relaxed);
     metrics::counter!("revalidate_upstream_requests_total").absolute(requests);
+    if let Some(tier) = &state.cluster {
+        let s = tier.status();
+        metrics::gauge!("revalidate_cluster_connected").set(if s.connected { 1.0 } else { 0.0 });
+        metrics::counter!("revalidate_cluster_round_trips_total").absolute(s.round_trips);
+        metrics::counter!("revalidate_cluster_refused_total").absolute(s.refused);
+        metrics::counter!("revalidate_cluster_events_applied_total").absolute(s.events_applied);
+        metrics::counter!("revalidate_cluster_skipped_total").absolute(s.skipped);
+    }
     Ok((
         [(
             header::CONTENT_TYPE,

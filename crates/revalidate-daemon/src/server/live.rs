@@ -24,7 +24,7 @@ use serde_json::json;
 use tokio::sync::{Notify, watch};
 use tokio_stream::wrappers::{BroadcastStream, WatchStream};
 
-use super::admin::{network_json, query_json, stats_json};
+use super::admin::{cluster_json, network_json, query_json, stats_json};
 use super::error::ApiError;
 use super::{AppState, Shared};
 use crate::events::{ChangeEvent, Logged, Replay, unix_ms};
@@ -243,6 +243,7 @@ fn build_tick(state: &AppState) -> String {
         "now": unix_ms(std::time::SystemTime::now()),
         "stats": stats_json(state),
         "network": network_json(state),
+        "cluster": cluster_json(state),
         "queries": all.iter().map(query_json).collect::<Vec<_>>(),
         "queries_total": total,
         "queries_truncated": total > all.len(),

@@ -49,6 +49,9 @@ pub(crate) struct Shared {
     pub(crate) live: Arc<LiveHub>,
     /// The OpenAPI description, with the configured actions.
     pub(crate) openapi: serde_json::Value,
+    /// The node's tier on Redis, with `[cluster]`.
+    pub(crate) cluster:
+        Option<revalidate::cluster::RedisTier<Payload, crate::upstream::PayloadCodec>>,
 }
 
 /// The daemon's routes, behind the `Host` check.
@@ -64,6 +67,7 @@ pub(crate) fn router(state: AppState, max_body_bytes: usize, hosts: AllowedHosts
         .route("/v1/stats", get(admin::stats))
         .route("/v1/queries", get(admin::queries))
         .route("/v1/network", get(admin::network))
+        .route("/v1/cluster", get(admin::cluster))
         .route("/v1/openapi.json", get(openapi::openapi_json))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)

@@ -96,6 +96,30 @@ pub(crate) struct Network {
     consecutive_errors: u64,
 }
 
+/// `GET /v1/cluster`.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct Cluster {
+    /// Whether `[cluster]` is configured; the other fields are there only then.
+    enabled: bool,
+    node_id: Option<String>,
+    /// host:port/db of Redis (never the password).
+    redis: Option<String>,
+    /// Whether the node cooperates through Redis right now.
+    connected: Option<bool>,
+    /// When `connected` last changed (Unix ms).
+    since: Option<u64>,
+    last_error: Option<String>,
+    round_trips: Option<u64>,
+    leases: Option<u64>,
+    adopted: Option<u64>,
+    skipped: Option<u64>,
+    refused: Option<u64>,
+    events_applied: Option<u64>,
+    reconciliations: Option<u64>,
+    alone: Option<u64>,
+}
+
 /// One query of `GET /v1/queries`.
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]
@@ -180,12 +204,13 @@ pub(crate) struct LiveStats {
         super::admin::stats,
         super::admin::queries,
         super::admin::network,
+        super::admin::cluster,
         super::admin::metrics,
         super::admin::healthz,
         super::admin::dashboard,
         openapi_json,
     ),
-    components(schemas(ErrorBody, super::admin::InvalidateRequest, Invalidated, Network, Query, Stats)),
+    components(schemas(ErrorBody, super::admin::InvalidateRequest, Invalidated, Network, Cluster, Query, Stats)),
     modifiers(&BearerAuth)
 )]
 pub(crate) struct ApiDoc;
