@@ -65,6 +65,9 @@ pub(crate) struct ServerConfig {
     pub(crate) max_body_bytes: usize,
     /// Change events kept for `Last-Event-ID` resumption.
     pub(crate) event_replay: usize,
+    /// With `?include=data`, a change event carries the value up to this
+    /// many bytes; above, `data_omitted`.
+    pub(crate) event_data_max_bytes: usize,
     /// How long a stop waits for open requests before it closes them.
     pub(crate) shutdown_grace: Duration,
     /// How long a client may take to send a request's head, from its first
@@ -400,6 +403,7 @@ fn read_server(root: &Table<'_>, raw_hosts: Option<&DeValue<'_>>) -> ServerConfi
         max_query_bytes: 8 * 1024,
         max_body_bytes: 64 * 1024,
         event_replay: 1024,
+        event_data_max_bytes: 64 * 1024,
         shutdown_grace: Duration::from_secs(5),
         header_read_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(60),
@@ -444,6 +448,9 @@ fn read_server(root: &Table<'_>, raw_hosts: Option<&DeValue<'_>>) -> ServerConfi
     }
     if let Some(n) = bounded_count(&t, "max_body_bytes", 64 * 1024 * 1024) {
         s.max_body_bytes = n;
+    }
+    if let Some(n) = bounded_count(&t, "event_data_max_bytes", 16 * 1024 * 1024) {
+        s.event_data_max_bytes = n;
     }
     if let Some(n) = bounded_count(&t, "event_replay", 1_000_000) {
         s.event_replay = n;

@@ -266,6 +266,7 @@ pub(crate) async fn serve(
         admin_token,
         admin_token_env: config.server.admin_token_env.clone(),
         max_query_bytes: config.server.max_query_bytes,
+        event_data_max_bytes: config.server.event_data_max_bytes,
         shutdown: stopping.clone(),
         live: Arc::new(LiveHub::new(
             config.server.max_live_subscribers,

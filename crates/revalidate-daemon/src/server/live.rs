@@ -30,13 +30,44 @@ use super::{AppState, Shared};
 use crate::events::{ChangeEvent, Logged, Replay, unix_ms};
 use crate::upstream::Payload;
 
-/// The actions a `?action=a&action=b` query asks for (empty: all).
-fn action_filter(query: Option<&str>) -> Result<BTreeSet<String>, ApiError> {
-    Ok(super::resources::form_pairs(query.unwrap_or_default())?
-        .into_iter()
-        .filter(|(k, _)| k == "action")
-        .map(|(_, v)| v)
-        .collect())
+/// What a `/v1/events` client asked for in its query string.
+#[derive(Debug, Default)]
+struct EventsQuery {
+    /// `?action=a&action=b`: only these (empty: all).
+    actions: BTreeSet<String>,
+    /// `?last_event_id=N`: resume after N (a browser's `EventSource` cannot
+    /// set the `Last-Event-ID` header on a new connection).
+    last_event_id: Option<u64>,
+    /// `?include=data`: every change carries the new value.
+    include_data: bool,
+}
+
+fn events_query(query: Option<&str>) -> Result<EventsQuery, ApiError> {
+    let mut q = EventsQuery::default();
+    for (k, v) in super::resources::form_pairs(query.unwrap_or_default())? {
+        match k.as_str() {
+            "action" => {
+                q.actions.insert(v);
+            }
+            "last_event_id" => {
+                q.last_event_id = Some(v.trim().parse().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "last_event_id `{v}` is not an event id (a whole number)"
+                    ))
+                })?);
+            }
+            "include" => match v.as_str() {
+                "data" => q.include_data = true,
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "include=`{v}`: only include=data is known"
+                    )));
+                }
+            },
+            _ => {}
+        }
+    }
+    Ok(q)
 }
 
 /// Ends `stream` when the daemon stops, with a last `shutdown` event.
@@ -73,11 +104,46 @@ fn snapshot(state: &AppState, filter: &BTreeSet<String>) -> Event {
         .data(json!({ "queries": queries }).to_string())
 }
 
-fn change(id: u64, c: &ChangeEvent) -> Event {
+fn change(state: &Shared, id: u64, c: &ChangeEvent, include_data: bool) -> Event {
+    let text = if include_data {
+        with_data(state, c)
+    } else {
+        serde_json::to_string(c).unwrap_or_default()
+    };
     Event::default()
         .id(id.to_string())
         .event("change")
-        .data(serde_json::to_string(c).unwrap_or_default())
+        .data(text)
+}
+
+/// A change event with the query's value (`"data"`) when it is at most
+/// `[server] event_data_max_bytes`, else with `"data_omitted": true` (the
+/// client reads it).
+fn with_data(state: &Shared, c: &ChangeEvent) -> String {
+    #[derive(serde::Serialize)]
+    struct WithData<'a> {
+        #[serde(flatten)]
+        change: &'a ChangeEvent,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<&'a serde_json::value::RawValue>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        data_omitted: bool,
+    }
+    let key = revalidate::QueryKey::new(&c.action, c.params.clone());
+    let value = state.client.peek(&key);
+    let raw = value.as_ref().and_then(|(payload, _)| {
+        (payload.body.len() <= state.event_data_max_bytes)
+            .then(|| std::str::from_utf8(&payload.body).ok())
+            .flatten()
+            .and_then(|text| serde_json::from_str::<&serde_json::value::RawValue>(text).ok())
+    });
+    let omitted = raw.is_none();
+    serde_json::to_string(&WithData {
+        change: c,
+        data: raw,
+        data_omitted: omitted,
+    })
+    .unwrap_or_default()
 }
 
 /// Server-Sent Events: one `change` per change of a query's data.
@@ -85,6 +151,8 @@ fn change(id: u64, c: &ChangeEvent) -> Event {
     params(
         ("action" = Option<Vec<String>>, Query, description = "Only these actions (repeatable)"),
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event"),
+        ("last_event_id" = Option<u64>, Query, description = "Resume after this event (for a browser's EventSource; the header wins)"),
+        ("include" = Option<String>, Query, description = "`data`: each change carries the new value (up to event_data_max_bytes, else data_omitted)"),
     ),
     responses(
         (status = 200, description = "An event stream", content_type = "text/event-stream"),
@@ -96,13 +164,16 @@ pub(crate) async fn events(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let filter = Arc::new(action_filter(query.as_deref())?);
+    let asked = events_query(query.as_deref())?;
+    let include = asked.include_data;
+    let filter = Arc::new(asked.actions);
     // Subscribe before reading the ring, then drop live events already replayed.
     let live = state.events.subscribe();
     let last = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .or(asked.last_event_id);
     let mut first: Vec<Event> = Vec::new();
     let mut seen = state.events.last_id();
     match last.map(|id| state.events.since(id)) {
@@ -113,7 +184,7 @@ pub(crate) async fn events(
                 seen = seen.max(id);
                 match &*logged {
                     Logged::Change(c) if filter.is_empty() || filter.contains(&c.action) => {
-                        first.push(change(id, c))
+                        first.push(change(&state, id, c, include))
                     }
                     Logged::Change(_) => {}
                     Logged::Resync => first.push(snapshot(&state, &filter)),
@@ -129,7 +200,7 @@ pub(crate) async fn events(
                 Ok((id, _)) if id <= seen => None,
                 Ok((id, logged)) => match &*logged {
                     Logged::Change(c) if filter.is_empty() || filter.contains(&c.action) => {
-                        Some(change(id, c))
+                        Some(change(&state, id, c, include))
                     }
                     Logged::Change(_) => None,
                     Logged::Resync => Some(snapshot(&state, &filter)),

@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     /// The environment variable that would hold it (for messages).
     pub(crate) admin_token_env: Option<String>,
     pub(crate) max_query_bytes: usize,
+    /// `[server] event_data_max_bytes`.
+    pub(crate) event_data_max_bytes: usize,
     /// Turns true when the daemon stops: SSE streams end.
     pub(crate) shutdown: watch::Receiver<bool>,
     /// The `/v1/live` ticks.
@@ -60,7 +62,10 @@ pub(crate) fn router(state: AppState, max_body_bytes: usize, hosts: AllowedHosts
         .route("/", get(admin::dashboard))
         .route("/healthz", get(admin::healthz))
         .route("/metrics", get(admin::metrics))
-        .route("/v1/resources/{action}", get(resources::read))
+        .route(
+            "/v1/resources/{action}",
+            get(resources::read).post(resources::read_typed),
+        )
         .route("/v1/events", get(live::events))
         .route("/v1/live", get(live::ticks))
         .route("/v1/invalidate", post(admin::invalidate))

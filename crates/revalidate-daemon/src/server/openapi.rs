@@ -198,6 +198,7 @@ pub(crate) struct LiveStats {
     ),
     paths(
         super::resources::read,
+        super::resources::read_typed,
         super::live::events,
         super::live::ticks,
         super::admin::invalidate,

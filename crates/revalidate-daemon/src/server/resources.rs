@@ -133,6 +133,65 @@ pub(crate) async fn read(
     }
 }
 
+/// Cache-first read of one query with typed parameters: the JSON body (any
+/// JSON value; an empty body is no parameters) is the query's parameters,
+/// the same key as the library's `QueryKey::new(action, params)`. `?page=2`
+/// on a GET is the string `"2"`: another key than `{"page": 2}` here.
+#[utoipa::path(post, path = "/v1/resources/{action}", tag = "reads",
+    params(
+        ("action" = String, Path, description = "A configured action"),
+        ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer"),
+    ),
+    request_body(content = Object, description = "The parameters, any JSON value", content_type = "application/json"),
+    responses(
+        (status = 200, description = "The upstream's JSON body, byte for byte", content_type = "application/json", body = Object,
+            headers(("Age" = u64), ("Cache-Status" = String), ("ETag" = String), ("X-Revalidate-Version" = u64))),
+        (status = 304, description = "`If-None-Match` matches the ETag"),
+        (status = 400, description = "A body that is not JSON (with the position of the error)", body = super::openapi::ErrorBody),
+        (status = 404, description = "Not a configured action", body = super::openapi::ErrorBody),
+        (status = 413, description = "A body over max_body_bytes", body = super::openapi::ErrorBody),
+        (status = 421, description = "A Host not in allowed_hosts", body = super::openapi::ErrorBody),
+        (status = 502, description = "Nothing cached and the upstream failed", body = super::openapi::ErrorBody),
+        (status = 503, description = "Nothing cached and the upstream is offline", body = super::openapi::ErrorBody),
+    ))]
+pub(crate) async fn read_typed(
+    State(state): State<AppState>,
+    action: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Path(action) = action?;
+    if !state.upstream.knows(&action) {
+        return Err(ApiError::unknown_action(&state.upstream, action));
+    }
+    let body = body?;
+    let params = params_of_json(&body)?;
+    let key = QueryKey::new(&action, params);
+    match state.client.get_with_meta(&key).await {
+        Ok(hit) => Ok(answer(&hit, &headers)),
+        Err(e) => Err(ApiError::upstream(key, e)),
+    }
+}
+
+/// Parameters from a JSON body: any JSON value; empty (or only white
+/// space) is no parameters.
+///
+/// # Errors
+///
+/// A body that is not JSON, with the line and column of the error.
+pub(crate) fn params_of_json(body: &[u8]) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body is not JSON: {e} (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
 fn answer(hit: &Hit<Payload>, request: &HeaderMap) -> Response {
     let status = match hit.freshness {
         Freshness::Fresh => "revalidate; hit",
@@ -219,6 +278,26 @@ mod tests {
                 .collect();
             assert_eq!(ours, theirs, "{q}");
         }
+    }
+
+    #[test]
+    fn json_bodies_are_typed_params_and_errors_say_where() {
+        assert_eq!(params_of_json(b"").unwrap(), Value::Null);
+        assert_eq!(params_of_json(b" \n").unwrap(), Value::Null);
+        assert_eq!(
+            params_of_json(br#"{"page": 2, "f": {"s": [true, null]}}"#).unwrap(),
+            json!({"page": 2, "f": {"s": [true, null]}})
+        );
+        assert_eq!(params_of_json(b"[1,2]").unwrap(), json!([1, 2]));
+        let e = params_of_json(b"{\n  \"page\": 2,\n}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 3, column 1"), "{e}");
+        // A string 2 and a number 2 are different keys.
+        assert_ne!(
+            QueryKey::new("a", params_of("page=2").unwrap()),
+            QueryKey::new("a", params_of_json(br#"{"page":2}"#).unwrap())
+        );
     }
 
     #[test]

@@ -400,6 +400,15 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClient<V> {
         }
     }
 
+    /// The cached value of `key` and its version, if any, without counting
+    /// a read or marking the query active: for a change feed that carries
+    /// values to its listeners, which are not readers of the cache.
+    pub fn peek(&self, key: &QueryKey) -> Option<(Arc<V>, u64)> {
+        let guard = self.inner.map.guard();
+        let entry = self.inner.map.get(key, &guard)?;
+        entry.data(&guard).map(|v| (v, entry.version()))
+    }
+
     /// The cached value with its metadata, if any, without fetching. Counts as a read.
     pub fn get_cached_with_meta(&self, key: &QueryKey) -> Option<Hit<V>> {
         let hit = self.inner.read(key, Inner::hit);
