@@ -130,17 +130,60 @@ fn check_config(file: &std::path::Path, profile: Option<&str>) -> ExitCode {
         Err(code) => return code,
     };
     // What `serve` builds before it binds, short of the network.
-    if let Err(e) = crate::upstream::Upstream::new(&config) {
+    let scopes = std::sync::Arc::new(crate::identity::Scopes::new(&config));
+    if let Err(e) = crate::upstream::Upstream::new(&config, scopes.clone(), None) {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
     let policy = &config.engine.policy;
     println!("{}: ok", file.display());
+    let mutations = config
+        .actions
+        .values()
+        .filter(|a| a.kind == crate::config::ActionKind::Mutation)
+        .count();
     println!(
-        "upstream: {} ({} actions)",
+        "upstream: {} ({} actions, {mutations} of them mutations)",
         config.upstream.base_url,
         config.actions.len()
     );
+    let per_user: Vec<&str> = config
+        .actions
+        .keys()
+        .filter(|a| scopes.is_user(a))
+        .map(String::as_str)
+        .collect();
+    match &config.identity {
+        Some(i) => println!(
+            "identity: {} ; per-user actions: {}",
+            match &i.source {
+                crate::config::IdentitySource::Authorization =>
+                    "the caller's Authorization header".to_owned(),
+                crate::config::IdentitySource::Header {
+                    name,
+                    trusted_proxies,
+                } => format!(
+                    "the {name} header from {} trusted proxies",
+                    trusted_proxies.len()
+                ),
+            },
+            if per_user.is_empty() {
+                "none".to_owned()
+            } else {
+                per_user.join(", ")
+            }
+        ),
+        None => println!("identity: none (every action shared)"),
+    }
+    match &config.server.read_token_env {
+        Some(var) if std::env::var(var).is_ok_and(|t| !t.is_empty()) => {
+            println!("reads: need the token in ${var}")
+        }
+        Some(var) => println!(
+            "reads: need the token in ${var}, which is not set: serve will refuse to start"
+        ),
+        None => println!("reads: open (no [server] read_token_env)"),
+    }
     match &config.store {
         Some(s) => println!(
             "store: {} (flush every {:?}, max age {:?})",

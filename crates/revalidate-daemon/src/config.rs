@@ -24,6 +24,79 @@ pub(crate) struct ActionConfig {
     pub(crate) path: String,
     /// Headers for this action only, before `${ENV}` expansion.
     pub(crate) headers: BTreeMap<String, String>,
+    /// A query (cached) or a mutation (forwarded, then invalidating).
+    pub(crate) kind: ActionKind,
+    /// For a mutation: the actions and resources a success invalidates.
+    pub(crate) invalidates: Vec<String>,
+    /// Whose data it is: `None` means the resource's `[scope]`, else shared.
+    pub(crate) scope: Option<Scope>,
+}
+
+impl ActionConfig {
+    /// The action's path below `base_url`: its template with `{action}`
+    /// as one encoded segment. The daemon answers on it too.
+    pub(crate) fn local_path(&self, name: &str) -> String {
+        self.path.replace("{action}", &encode_segment(name))
+    }
+}
+
+/// Percent-encodes every byte of `s` but RFC 3986's unreserved characters
+/// (`A-Z a-z 0-9 - . _ ~`), so that an action name is one path segment
+/// whatever it holds: `\` is not a separator, `%` not an escape, and
+/// `%2e%2e` not a way up.
+pub(crate) fn encode_segment(s: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// What an action does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ActionKind {
+    /// Reads data: cached and kept fresh.
+    Query,
+    /// Changes data: forwarded, never cached; a success invalidates.
+    Mutation,
+}
+
+/// Whose data an action reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// The same for every caller.
+    Shared,
+    /// Each caller's own, keyed by their identity.
+    User,
+}
+
+/// `[identity]`: how the daemon knows who calls.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct IdentityConfig {
+    pub(crate) source: IdentitySource,
+    /// The environment variable holding the secret that identities are
+    /// hashed with (unset: a random one per process, so per-user keys do
+    /// not survive a restart).
+    pub(crate) secret_env: Option<String>,
+}
+
+/// Where a caller's identity comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum IdentitySource {
+    /// The caller's `Authorization` header, forwarded upstream as their own
+    /// credential.
+    Authorization,
+    /// A header set by a gateway that authenticated the user, trusted only
+    /// from these peers.
+    Header {
+        name: String,
+        trusted_proxies: Vec<(std::net::IpAddr, u8)>,
+    },
 }
 
 /// The HTTP method of an action.
@@ -86,6 +159,10 @@ pub(crate) struct ServerConfig {
     pub(crate) max_queries: usize,
     /// `Host` values accepted; `None`: the defaults for the listen address.
     pub(crate) allowed_hosts: Option<Vec<HostPattern>>,
+    /// Requests to paths no action declares go to the upstream uncached.
+    pub(crate) passthrough: bool,
+    /// The environment variable holding a token that reads must carry.
+    pub(crate) read_token_env: Option<String>,
 }
 
 /// One `[server] allowed_hosts` entry: a host name or address, a
@@ -209,6 +286,10 @@ pub(crate) struct DaemonConfig {
     pub(crate) store: Option<StoreConfig>,
     pub(crate) upstream: UpstreamConfig,
     pub(crate) actions: BTreeMap<String, ActionConfig>,
+    /// `[scope]`: resource → scope (absent: shared).
+    pub(crate) scopes: BTreeMap<String, Scope>,
+    /// `[identity]`: needed when any action is per-user.
+    pub(crate) identity: Option<IdentityConfig>,
     /// `[cluster]`: several nodes through one Redis (`None`: this node alone).
     pub(crate) cluster: Option<ClusterConfig>,
 }
@@ -282,6 +363,11 @@ impl DaemonConfig {
             let upstream = read_upstream(root, secrets);
             let actions = read_actions(root, secrets);
             let cluster = root.table("cluster").map(|t| read_cluster(&t, for_serve));
+            let scopes = root
+                .table("scope")
+                .map(|t| read_scopes(&t))
+                .unwrap_or_default();
+            let identity = root.table("identity").map(|t| read_identity(&t));
             check_probe_interval(root);
             if for_serve {
                 check_header_values(root);
@@ -289,9 +375,13 @@ impl DaemonConfig {
                     check_store_dir(&t);
                 }
             }
-            (engine, server, store, upstream, actions, cluster)
+            check_user_scopes(root, &actions, &scopes, identity.as_ref());
+            check_invalidates(root, &actions, &engine.policy);
+            (
+                engine, server, store, upstream, actions, cluster, scopes, identity,
+            )
         })?;
-        let (engine, server, store, upstream, actions, cluster) = parsed;
+        let (engine, server, store, upstream, actions, cluster, scopes, identity) = parsed;
         Ok(Self {
             file: name.to_owned(),
             engine,
@@ -299,6 +389,8 @@ impl DaemonConfig {
             store,
             upstream: upstream.expect("a missing [upstream] is reported as an error"),
             actions,
+            scopes,
+            identity: identity.flatten(),
             cluster,
         })
     }
@@ -412,6 +504,8 @@ fn read_server(root: &Table<'_>, raw_hosts: Option<&DeValue<'_>>) -> ServerConfi
         live_queries: 500,
         max_queries: 100_000,
         allowed_hosts: None,
+        passthrough: false,
+        read_token_env: None,
     };
     let Some(t) = root.table("server") else {
         return s;
@@ -440,6 +534,21 @@ fn read_server(root: &Table<'_>, raw_hosts: Option<&DeValue<'_>>) -> ServerConfi
         } else {
             s.admin_token_env = Some(name.to_owned());
         }
+    }
+    if let Some(item) = t.item("read_token_env")
+        && let Some(name) = item.as_str()
+    {
+        if name.is_empty() || name.contains('=') || name.contains('\0') {
+            item.invalid::<()>(
+                "the name of an environment variable, like \"REVALIDATE_READ_TOKEN\"",
+                None,
+            );
+        } else {
+            s.read_token_env = Some(name.to_owned());
+        }
+    }
+    if let Some(b) = t.bool("passthrough") {
+        s.passthrough = b;
     }
     // A query string travels in the request head, which hyper caps at
     // about 400 KiB.
@@ -923,7 +1032,34 @@ fn read_actions(
             method: Method::Post,
             path: DEFAULT_PATH.to_owned(),
             headers: BTreeMap::new(),
+            kind: ActionKind::Query,
+            invalidates: Vec::new(),
+            scope: None,
         };
+        if let Some(k) = a.item("kind")
+            && let Some(text) = k.as_str()
+        {
+            match text {
+                "query" => action.kind = ActionKind::Query,
+                "mutation" => action.kind = ActionKind::Mutation,
+                _ => {
+                    k.invalid::<()>(
+                        "\"query\" (cached and kept fresh; the default) or \"mutation\" (forwarded, then invalidating)",
+                        None,
+                    );
+                }
+            }
+        }
+        if let Some(s) = a.item("scope")
+            && let Some(text) = s.as_str()
+        {
+            action.scope = scope_of(&s, text);
+        }
+        if let Some(i) = a.item("invalidates")
+            && let Some(list) = i.as_str_list()
+        {
+            action.invalidates = list.into_iter().map(str::to_owned).collect();
+        }
         if let Some(m) = a.item("method")
             && let Some(text) = m.as_str()
         {
@@ -958,6 +1094,196 @@ fn read_actions(
         out.insert(name.to_owned(), action);
     }
     out
+}
+
+fn scope_of(item: &revalidate::config::Item<'_>, text: &str) -> Option<Scope> {
+    match text {
+        "shared" => Some(Scope::Shared),
+        "user" => Some(Scope::User),
+        _ => item.invalid(
+            "\"shared\" (the same for every caller; the default) or \"user\" (each caller's own)",
+            None,
+        ),
+    }
+}
+
+/// `[scope]`: resource = "shared" | "user".
+fn read_scopes(t: &Table<'_>) -> BTreeMap<String, Scope> {
+    let mut out = BTreeMap::new();
+    for item in t.entries() {
+        if let Some(text) = item.as_str()
+            && let Some(scope) = scope_of(&item, text)
+        {
+            out.insert(item.key().to_owned(), scope);
+        }
+    }
+    out
+}
+
+/// `[identity]`: `from = "authorization"`, or `from = "header"` with
+/// `header` and `trusted_proxies`. `None` (reported) when unusable.
+fn read_identity(t: &Table<'_>) -> Option<IdentityConfig> {
+    let from = t.item("from");
+    let Some(text) = from.as_ref().and_then(|i| i.as_str()) else {
+        if from.is_none() {
+            t.error(
+                "from",
+                "missing key `identity.from`",
+                "\"authorization\" (the caller's Authorization header, forwarded upstream) or \"header\" (a gateway's header, with `header` and `trusted_proxies`)",
+            );
+        }
+        return None;
+    };
+    let mut secret_env = None;
+    if let Some(item) = t.item("secret_env")
+        && let Some(name) = item.as_str()
+    {
+        if name.is_empty() || name.contains('=') || name.contains('\0') {
+            item.invalid::<()>(
+                "the name of an environment variable, like \"REVALIDATE_IDENTITY_SECRET\"",
+                None,
+            );
+        } else {
+            secret_env = Some(name.to_owned());
+        }
+    }
+    let source = match text {
+        "authorization" => Some(IdentitySource::Authorization),
+        "header" => {
+            // Both keys are checked before giving up, so that one run
+            // reports every mistake.
+            let name = match t.item("header") {
+                Some(item) => match item.as_str() {
+                    Some(n) if reqwest::header::HeaderName::from_bytes(n.as_bytes()).is_ok() => {
+                        Some(n.to_owned())
+                    }
+                    Some(_) => item.invalid("an HTTP header name, like \"X-User-Id\"", None),
+                    None => None,
+                },
+                None => {
+                    t.error(
+                        "header",
+                        "missing key `identity.header`",
+                        "the header the gateway sets, like \"X-User-Id\"",
+                    );
+                    None
+                }
+            };
+            let mut proxies = Vec::new();
+            match t.item("trusted_proxies") {
+                None => t.error(
+                    "trusted_proxies",
+                    "missing key `identity.trusted_proxies`",
+                    "the gateway's addresses, like [\"127.0.0.1/32\"]: a header from anyone else is not an identity",
+                ),
+                Some(item) => {
+                    for cidr in item.as_str_list().unwrap_or_default() {
+                        match parse_cidr(cidr) {
+                            Some(c) => proxies.push(c),
+                            None => {
+                                item.invalid::<()>(
+                                    "addresses or networks like \"127.0.0.1/32\" or \"10.0.0.0/8\" or \"::1/128\"",
+                                    Some(format!("`{cidr}` is not one")),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            name.map(|name| IdentitySource::Header {
+                name,
+                trusted_proxies: proxies,
+            })
+        }
+        _ => from?.invalid("\"authorization\" or \"header\"", None),
+    };
+    Some(IdentityConfig {
+        source: source?,
+        secret_env,
+    })
+}
+
+/// `10.0.0.0/8`, `::1/128`, or a bare address (a single host).
+pub(crate) fn parse_cidr(text: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (addr, bits) = match text.split_once('/') {
+        Some((a, b)) => (a, Some(b.parse::<u8>().ok()?)),
+        None => (text, None),
+    };
+    let addr: std::net::IpAddr = addr.trim().parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let bits = bits.unwrap_or(max);
+    (bits <= max).then_some((addr, bits))
+}
+
+/// A per-user action needs `[identity]`; a mutation's `invalidates` must
+/// name declared actions or resources.
+fn check_user_scopes(
+    root: &Table<'_>,
+    actions: &BTreeMap<String, ActionConfig>,
+    scopes: &BTreeMap<String, Scope>,
+    identity: Option<&Option<IdentityConfig>>,
+) {
+    let user = actions.values().any(|a| a.scope == Some(Scope::User))
+        || scopes.values().any(|s| *s == Scope::User);
+    if user && identity.is_none() {
+        root.error(
+            "identity",
+            "per-user data is declared but not how callers are known",
+            "an [identity] table: from = \"authorization\" (the caller's Authorization header) or from = \"header\" with header and trusted_proxies",
+        );
+    }
+}
+
+/// Each mutation's `invalidates` names a declared query action or the
+/// resource of one; a query's is a mistake.
+fn check_invalidates(
+    root: &Table<'_>,
+    actions: &BTreeMap<String, ActionConfig>,
+    policy: &revalidate::Policy,
+) {
+    let Some(t) = root.table("actions") else {
+        return;
+    };
+    let queries: Vec<&str> = actions
+        .iter()
+        .filter(|(_, a)| a.kind == ActionKind::Query)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let resources: std::collections::BTreeSet<&str> =
+        queries.iter().map(|a| policy.resource(a)).collect();
+    for entry in t.entries() {
+        let Some(a) = entry.as_table() else { continue };
+        let Some(item) = a.item("invalidates") else {
+            continue;
+        };
+        let is_mutation = actions
+            .get(entry.key())
+            .is_some_and(|a| a.kind == ActionKind::Mutation);
+        if !is_mutation {
+            item.invalid::<()>(
+                "no `invalidates` on a query; add kind = \"mutation\" if this action changes data",
+                None,
+            );
+            continue;
+        }
+        for name in item.as_str_list().unwrap_or_default() {
+            if !queries.contains(&name) && !resources.contains(name) {
+                let known: Vec<&str> = queries
+                    .iter()
+                    .copied()
+                    .chain(resources.iter().copied())
+                    .collect();
+                let hint = revalidate::config::did_you_mean(name, known.iter().copied());
+                item.invalid::<()>(
+                    "declared query actions or their resources",
+                    Some(match hint {
+                        Some(h) => format!("`{name}` is neither; did you mean `{h}`?"),
+                        None => format!("`{name}` is neither"),
+                    }),
+                );
+            }
+        }
+    }
 }
 
 /// Expands `${NAME}` in a header value from the environment. Errors never
@@ -1120,6 +1446,62 @@ resource = "process"
             e.contains("revalidate.toml:3:20") && e.contains("\"same-origin\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn mutations_scopes_and_identities_read_and_their_mistakes_say_where() {
+        let base = "[upstream]\nbase_url = \"http://x\"\n[actions.\"process.list\"]\n";
+        let c = DaemonConfig::parse(
+            "revalidate.toml",
+            &format!(
+                "{base}[actions.\"process.update\"]\nkind = \"mutation\"\ninvalidates = [\"process.list\", \"process\"]\n[actions.\"settings.get\"]\nscope = \"user\"\n[scope]\nnotification = \"user\"\n[identity]\nfrom = \"header\"\nheader = \"X-User-Id\"\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nsecret_env = \"ID_SECRET\"\n[server]\npassthrough = true\nread_token_env = \"READ_TOKEN\"\n"
+            ),
+        )
+        .unwrap();
+        let update = &c.actions["process.update"];
+        assert_eq!(update.kind, ActionKind::Mutation);
+        assert_eq!(update.invalidates, ["process.list", "process"]);
+        assert_eq!(c.actions["settings.get"].scope, Some(Scope::User));
+        assert_eq!(c.scopes["notification"], Scope::User);
+        let identity = c.identity.unwrap();
+        assert_eq!(identity.secret_env.as_deref(), Some("ID_SECRET"));
+        assert_eq!(
+            identity.source,
+            IdentitySource::Header {
+                name: "X-User-Id".into(),
+                trusted_proxies: vec![
+                    ("10.0.0.0".parse().unwrap(), 8),
+                    ("::1".parse().unwrap(), 128)
+                ],
+            }
+        );
+        assert!(c.server.passthrough);
+        assert_eq!(c.server.read_token_env.as_deref(), Some("READ_TOKEN"));
+
+        let e = errors(&format!(
+            "{base}[actions.\"process.update\"]\nkind = \"mutation\"\ninvalidates = [\"process.lst\"]\n"
+        ));
+        assert!(e.contains("revalidate.toml:6:"), "{e}");
+        assert!(e.contains("did you mean `process.list`?"), "{e}");
+        let e = errors(&format!("{base}invalidates = [\"process.list\"]\n"));
+        assert!(e.contains("kind = \"mutation\""), "{e}");
+        let e = errors(&format!("{base}kind = \"write\"\n"));
+        assert!(e.contains("\"mutation\""), "{e}");
+        let e = errors(&format!("{base}scope = \"user\"\n"));
+        assert!(e.contains("[identity]"), "per-user needs an identity: {e}");
+        let e = errors(&format!(
+            "{base}[identity]\nfrom = \"header\"\nheader = \"X-User\"\ntrusted_proxies = [\"10.0.0.0/33\"]\n"
+        ));
+        assert!(e.contains("`10.0.0.0/33` is not one"), "{e}");
+        let e = errors(&format!("{base}[identity]\nfrom = \"header\"\n"));
+        assert!(e.contains("identity.header"), "{e}");
+        assert!(e.contains("identity.trusted_proxies"), "{e}");
+        assert_eq!(
+            parse_cidr("127.0.0.1"),
+            Some(("127.0.0.1".parse().unwrap(), 32))
+        );
+        assert_eq!(parse_cidr("::/0"), Some(("::".parse().unwrap(), 0)));
+        assert_eq!(parse_cidr("nope/8"), None);
     }
 
     #[test]

@@ -23,7 +23,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{ClusterConfig, DaemonConfig, OnStoreError, StoreConfig, expand_env};
 use crate::events::EventLog;
-use crate::server::{self, AllowedHosts, Connections, Limits, LiveHub, Shared};
+use crate::identity::{Identities, Scopes};
+use crate::server::{self, AllowedHosts, AppRoutes, Connections, Limits, LiveHub, Shared};
 use crate::upstream::{Payload, PayloadCodec, Upstream, UpstreamError};
 
 /// The longest the final store flush may take, whatever the path.
@@ -52,6 +53,10 @@ pub(crate) enum DaemonError {
     #[error("[cluster]: {0}")]
     Cluster(ClusterError),
     #[error(
+        "{what} names the environment variable {var}, which is not set (or empty); export {var}=<a secret> or remove {what}"
+    )]
+    MissingSecret { what: &'static str, var: String },
+    #[error(
         "cannot listen on {addr}: {source}; choose another address with [server] listen or --listen"
     )]
     Listen {
@@ -71,7 +76,10 @@ impl DaemonError {
     /// run with (found at start), 1 for any other failure.
     pub(crate) fn exit_code(&self) -> u8 {
         match self {
-            Self::Upstream(_) | Self::Settings(_) | Self::Cluster(_) => 2,
+            Self::Upstream(_)
+            | Self::Settings(_)
+            | Self::Cluster(_)
+            | Self::MissingSecret { .. } => 2,
             _ => 1,
         }
     }
@@ -209,7 +217,26 @@ pub(crate) async fn serve(
     mut signals: mpsc::UnboundedReceiver<()>,
     on_listen: Option<OnListen>,
 ) -> Result<(), DaemonError> {
-    let upstream = Upstream::new(&config)?;
+    let read_token = match &config.server.read_token_env {
+        // Fail closed: a configured token that is missing would open reads.
+        Some(var) => Some(secret_from_env("[server] read_token_env", var)?),
+        None => None,
+    };
+    let scopes = Arc::new(Scopes::new(&config));
+    let identities = match &config.identity {
+        Some(identity) => {
+            let secret = match &identity.secret_env {
+                Some(var) => Some(secret_from_env("[identity] secret_env", var)?),
+                None => None,
+            };
+            Some(Arc::new(Identities::new(
+                identity.source.clone(),
+                secret.as_deref().map(str::as_bytes),
+            )))
+        }
+        None => None,
+    };
+    let upstream = Upstream::new(&config, scopes.clone(), identities.clone())?;
     let tier = match &config.cluster {
         Some(c) => Some(join_cluster(c, config.upstream.max_response_bytes).await?),
         None => None,
@@ -260,7 +287,7 @@ pub(crate) async fn serve(
     let state = Arc::new(Shared {
         client: client.clone(),
         upstream: upstream.clone(),
-        events: EventLog::start(&client, config.server.event_replay),
+        events: EventLog::start(&client, config.server.event_replay, scopes.clone()),
         metrics: metrics_handle(),
         refresh: Some(refresh.controller().clone()),
         admin_token,
@@ -273,9 +300,15 @@ pub(crate) async fn serve(
             config.server.live_queries,
         )),
         openapi: server::openapi_document(&upstream.actions()),
+        app: AppRoutes::new(&config),
+        passthrough: config.server.passthrough,
+        read_token,
         cluster: cluster.as_ref().map(|(tier, _)| tier.clone()),
     });
     LiveHub::start(&state);
+    if let Some(identities) = identities {
+        tokio::spawn(drop_revoked(identities, scopes, client.clone()));
+    }
     let hosts = AllowedHosts::new(config.server.allowed_hosts.as_deref(), config.server.listen);
     let app = server::router(state, config.server.max_body_bytes, hosts);
     let addr = config.server.listen;
@@ -360,6 +393,33 @@ pub(crate) async fn serve(
         }
         Ok(Err(e)) => Err(DaemonError::Flush(e)),
         Err(_) => Err(DaemonError::FlushTimeout),
+    }
+}
+
+/// A secret from the environment variable `var`, for `what`.
+fn secret_from_env(what: &'static str, var: &str) -> Result<String, DaemonError> {
+    std::env::var(var)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| DaemonError::MissingSecret {
+            what,
+            var: var.to_owned(),
+        })
+}
+
+/// Drops the queries of every user whose credential the upstream refused:
+/// they are never served or refreshed again (the user's next read, with a
+/// credential the upstream accepts, fetches anew).
+async fn drop_revoked(
+    identities: Arc<Identities>,
+    scopes: Arc<Scopes>,
+    client: QueryClient<Payload>,
+) {
+    loop {
+        for user in identities.revoked().await {
+            let n = client.remove_where(scopes.of_user(user.clone()));
+            tracing::info!(target: "revalidate", "🔒 the upstream refused the credential of user {}: dropped their {n} queries", user.short());
+        }
     }
 }
 

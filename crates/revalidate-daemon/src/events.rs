@@ -7,33 +7,53 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use revalidate::{Change, QueryClient};
+use revalidate::{Change, QueryClient, QueryKey};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
+use crate::identity::{Scopes, UserId};
 use crate::upstream::Payload;
 
-/// A change, as sent to SSE clients.
+/// A change, as sent to SSE clients: a per-user query's as its action and
+/// own parameters, with the short hash of its owner (and only to them).
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct ChangeEvent {
     pub(crate) key: String,
     pub(crate) action: String,
     pub(crate) params: Value,
+    /// A per-user query's owner, short.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) user: Option<String>,
     /// Unix milliseconds.
     pub(crate) updated_at: u64,
     pub(crate) version: u64,
+    /// The query's key in the cache.
+    #[serde(skip)]
+    pub(crate) query: QueryKey,
+    /// A per-user query's owner: the one identity this event is for.
+    #[serde(skip)]
+    pub(crate) owner: Option<UserId>,
 }
 
 impl ChangeEvent {
-    pub(crate) fn of(change: &Change) -> Self {
+    pub(crate) fn of(change: &Change, scopes: &Scopes) -> Self {
+        let view = scopes.view(&change.key);
         Self {
-            key: change.key.to_string(),
-            action: change.key.action().to_owned(),
-            params: change.key.params(),
+            key: view.key,
+            action: view.action,
+            params: view.params,
+            user: view.user.as_ref().map(|u| u.short().to_owned()),
             updated_at: unix_ms(change.updated_at),
             version: change.version,
+            query: change.key.clone(),
+            owner: view.user,
         }
+    }
+
+    /// Whether the connection of `caller` may hear it.
+    pub(crate) fn is_for(&self, caller: Option<&UserId>) -> bool {
+        self.owner.is_none() || self.owner.as_ref() == caller
     }
 }
 
@@ -76,7 +96,11 @@ pub(crate) struct EventLog {
 
 impl EventLog {
     /// Starts logging `client`'s changes (the task ends with the runtime).
-    pub(crate) fn start(client: &QueryClient<Payload>, capacity: usize) -> Arc<Self> {
+    pub(crate) fn start(
+        client: &QueryClient<Payload>,
+        capacity: usize,
+        scopes: Arc<Scopes>,
+    ) -> Arc<Self> {
         let log = Arc::new(Self {
             ring: Mutex::new(Ring {
                 next: 1,
@@ -90,7 +114,7 @@ impl EventLog {
         tokio::spawn(async move {
             loop {
                 let logged = match changes.recv().await {
-                    Ok(change) => Logged::Change(ChangeEvent::of(&change)),
+                    Ok(change) => Logged::Change(ChangeEvent::of(&change, &scopes)),
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(target: "revalidate", "the change log fell {n} changes behind; clients will resynchronise");
                         Logged::Resync
@@ -154,8 +178,11 @@ mod tests {
             key: format!("k{n}"),
             action: "a".into(),
             params: Value::Null,
+            user: None,
             updated_at: n,
             version: n,
+            query: QueryKey::bare("a"),
+            owner: None,
         })
     }
 

@@ -13,6 +13,7 @@ mod config;
 mod daemon;
 mod demo;
 mod events;
+mod identity;
 mod server;
 mod upstream;
 

@@ -129,7 +129,7 @@ fn check_config_prints_no_header_value() {
     );
     assert_eq!(code, Some(0), "{out}");
     assert!(
-        out.contains("upstream: http://127.0.0.1:9/ (1 actions)"),
+        out.contains("upstream: http://127.0.0.1:9/ (1 actions, 0 of them mutations)"),
         "{out}"
     );
     assert!(!out.contains("lit-secret-value"), "{out}");

@@ -317,6 +317,40 @@ async fn invalidate_by_key_action_resource_and_predicate() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn remove_where_drops_the_matching_queries_and_ends_their_subscriptions() {
+    let fake = Fake::new();
+    let c = client(&fake);
+    let keys = [
+        key("settings.get", json!({"u": "a"})),
+        key("settings.get", json!({"u": "b"})),
+        key("process.list", Value::Null),
+    ];
+    for k in &keys {
+        c.get(k).await.unwrap();
+    }
+    let mut sub = c.subscribe(&keys[0]);
+    assert!(sub.current().is_some());
+    let n = c.remove_where(QueryFilter::predicate(|k| {
+        k.action() == "settings.get" && k.params()["u"] == "a"
+    }));
+    assert_eq!(n, 1);
+    assert_eq!(sub.next().await, None, "its subscription ended");
+    assert!(c.get_cached(&keys[0]).is_none());
+    assert!(c.get_cached(&keys[1]).is_some(), "the other user's stays");
+    assert_eq!(
+        c.remove_where(QueryFilter::Action("settings.get".into())),
+        1
+    );
+    assert_eq!(
+        c.remove_where(QueryFilter::Action("settings.get".into())),
+        0
+    );
+    assert_eq!(c.len(), 1);
+    assert_eq!(c.remove_where(&keys[2]), 1);
+    assert!(c.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
 async fn unused_queries_are_collected_after_gc_time() {
     let fake = Fake::new();
     let c = QueryClient::builder(fake.clone())

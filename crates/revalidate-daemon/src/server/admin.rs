@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::ApiError;
 use crate::events::unix_ms;
+use crate::identity::{Scopes, UserId};
 use crate::upstream::Payload;
 
 const DASHBOARD: &str = include_str!("../../assets/dashboard.html");
@@ -49,15 +50,6 @@ pub(crate) struct InvalidateRequest {
     all: bool,
 }
 
-/// Compares in time independent of where the first difference is.
-fn same_token(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
 /// Checks the bearer token.
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &state.admin_token else {
@@ -65,15 +57,8 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
             env: state.admin_token_env.clone(),
         });
     };
-    // The scheme is case-insensitive (RFC 9110 §11.1): `bearer` is `Bearer`.
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim_start().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token);
-    match given {
-        Some(given) if same_token(given.trim(), token) => Ok(()),
+    match super::access::bearer(headers) {
+        Some(given) if super::access::same_token(given, token) => Ok(()),
         _ => Err(ApiError::Unauthorized),
     }
 }
@@ -207,12 +192,15 @@ fn status_of(q: &QueryState<Payload>) -> &'static str {
     }
 }
 
-/// One query as `/v1/queries` lists it.
-pub(crate) fn query_json(q: &QueryState<Payload>) -> Value {
+/// One query, for `/v1/queries` and the dashboard: a per-user one by its
+/// own parameters and the short hash of its owner.
+pub(crate) fn query_json(scopes: &Scopes, q: &QueryState<Payload>) -> Value {
+    let view = scopes.view(&q.key);
     json!({
-                "key": q.key.to_string(),
-                "action": q.key.action(),
-                "params": q.key.params(),
+                "key": view.key,
+                "action": view.action,
+                "params": view.params,
+                "user": view.user.as_ref().map(UserId::short),
                 "resource": q.resource,
                 "staleness": q.staleness.to_string(),
                 "staleness_ms": q.staleness.limit().map(|d| d.as_millis() as u64),
@@ -232,7 +220,15 @@ pub(crate) fn query_json(q: &QueryState<Payload>) -> Value {
 }
 
 pub(crate) fn queries_json(state: &AppState) -> Value {
-    Value::Array(state.client.queries().iter().map(query_json).collect())
+    let scopes = state.upstream.scopes();
+    Value::Array(
+        state
+            .client
+            .queries()
+            .iter()
+            .map(|q| query_json(scopes, q))
+            .collect(),
+    )
 }
 
 /// Every cached query, sorted by key.
@@ -353,17 +349,4 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
         handle.render(),
     )
         .into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_compare_whole() {
-        assert!(same_token("secret", "secret"));
-        assert!(!same_token("secret", "secreT"));
-        assert!(!same_token("secret", "secret2"));
-        assert!(!same_token("", "x"));
-    }
 }

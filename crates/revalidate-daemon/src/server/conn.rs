@@ -276,7 +276,7 @@ pub(crate) async fn accept_loop(
         let builder = builder.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            serve_connection(stream, app, &builder, limits, stop).await;
+            serve_connection(stream, peer, app, &builder, limits, stop).await;
             tracing::trace!(%peer, "connection closed");
             drop(permit);
         });
@@ -285,6 +285,7 @@ pub(crate) async fn accept_loop(
 
 async fn serve_connection(
     stream: TcpStream,
+    peer: std::net::SocketAddr,
     app: Router,
     builder: &auto::Builder<TokioExecutor>,
     limits: Limits,
@@ -298,7 +299,11 @@ async fn serve_connection(
     let hyper_app = TowerToHyperService::new(app);
     let service = hyper::service::service_fn({
         let activity = activity.clone();
-        move |request: hyper::Request<Incoming>| {
+        move |mut request: hyper::Request<Incoming>| {
+            // Who is on the other end, for `[identity] trusted_proxies`.
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
             let guard = activity.begin();
             let answer = hyper_app.call(request);
             async move {

@@ -43,6 +43,14 @@ pub(crate) enum ApiError {
     /// `401`: no bearer token, or the wrong one.
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    /// `401`: reads need `[server] read_token_env`'s token.
+    #[error(
+        "this daemon's reads need its read token: send it as X-Revalidate-Token (or ?token= on /v1/events)"
+    )]
+    ReadTokenRequired,
+    /// `401`: a per-user action, and the request carries no identity.
+    #[error("`{action}` is per-user data: send your credential ({header})")]
+    IdentityRequired { action: String, header: String },
     /// `403`: no admin token is configured; `env` is the variable that
     /// would hold it, when the configuration names one.
     #[error("admin endpoints are disabled: {}", enable_admin(.env.as_deref()))]
@@ -134,7 +142,9 @@ impl ApiError {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::QueryTooLong { .. } => StatusCode::URI_TOO_LONG,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized | Self::ReadTokenRequired | Self::IdentityRequired { .. } => {
+                StatusCode::UNAUTHORIZED
+            }
             Self::AdminDisabled { .. } => StatusCode::FORBIDDEN,
             Self::MetricsUnavailable | Self::Offline { .. } | Self::TooManySubscribers { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -154,6 +164,8 @@ impl ApiError {
             Self::QueryTooLong { .. } => "query_too_long",
             Self::BodyTooLarge => "body_too_large",
             Self::Unauthorized => "unauthorized",
+            Self::ReadTokenRequired => "read_token_required",
+            Self::IdentityRequired { .. } => "identity_required",
             Self::AdminDisabled { .. } => "admin_disabled",
             Self::MetricsUnavailable => "metrics_unavailable",
             Self::UpstreamFailed { .. } => "upstream_failed",
@@ -190,7 +202,11 @@ impl ApiError {
             Self::TooManySubscribers { limit } => {
                 body.insert("limit".into(), json!(limit));
             }
+            Self::IdentityRequired { action, .. } => {
+                body.insert("action".into(), json!(action));
+            }
             Self::MethodNotAllowed { .. }
+            | Self::ReadTokenRequired
             | Self::BadRequest { .. }
             | Self::BodyTooLarge
             | Self::Unauthorized
@@ -225,12 +241,32 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The answer on the app's own paths, which say what the upstream
+    /// would: an upstream failure with the upstream's status (a `404` is a
+    /// `404`), where the `/v1` API says `502`.
+    pub(crate) fn into_app_response(self) -> Response {
+        let upstream = match &self {
+            Self::UpstreamFailed { error, .. } => error
+                .status()
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .filter(|s| s.is_client_error() || s.is_server_error()),
+            _ => None,
+        };
+        let mut response = self.into_response();
+        if let Some(status) = upstream {
+            *response.status_mut() = status;
+        }
+        response
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         self.log();
         let mut response = (self.status(), Json(self.body())).into_response();
-        if let Self::Unauthorized = self {
-            // RFC 6750 §3: say which scheme the endpoint wants.
+        if response.status() == StatusCode::UNAUTHORIZED {
+            // RFC 9110 §15.5.2 and RFC 6750 §3: say which scheme is wanted.
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -259,13 +295,6 @@ impl From<PathRejection> for ApiError {
             "the path cannot be read: {}",
             rejection.body_text()
         ))
-    }
-}
-
-/// Any path without a route: `404 not_found`.
-pub(crate) async fn not_found(uri: axum::http::Uri) -> ApiError {
-    ApiError::NotFound {
-        path: uri.path().to_owned(),
     }
 }
 
@@ -303,6 +332,11 @@ mod tests {
             },
             ApiError::BodyTooLarge,
             ApiError::Unauthorized,
+            ApiError::ReadTokenRequired,
+            ApiError::IdentityRequired {
+                action: "settings.get".into(),
+                header: "Authorization".into(),
+            },
             ApiError::AdminDisabled { env: None },
             ApiError::MetricsUnavailable,
             ApiError::TooManySubscribers { limit: 1 },

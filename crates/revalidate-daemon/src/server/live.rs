@@ -24,10 +24,12 @@ use serde_json::json;
 use tokio::sync::{Notify, watch};
 use tokio_stream::wrappers::{BroadcastStream, WatchStream};
 
+use super::access::Reader;
 use super::admin::{cluster_json, network_json, query_json, stats_json};
 use super::error::ApiError;
 use super::{AppState, Shared};
 use crate::events::{ChangeEvent, Logged, Replay, unix_ms};
+use crate::identity::UserId;
 use crate::upstream::Payload;
 
 /// What a `/v1/events` client asked for in its query string.
@@ -83,25 +85,46 @@ fn until_shutdown(
     }))
 }
 
-fn snapshot(state: &AppState, filter: &BTreeSet<String>) -> Event {
+/// Every cached query `filter` lets through that `caller` may see; with
+/// the id of the last event it covers, when that is known, so that a client
+/// that resumes after it is not sent the events of another run.
+fn snapshot(
+    state: &AppState,
+    filter: &BTreeSet<String>,
+    caller: Option<&UserId>,
+    id: Option<u64>,
+) -> Event {
+    let scopes = state.upstream.scopes();
     let queries: Vec<_> = state
         .client
         .queries()
         .into_iter()
         .filter(|q| q.data.is_some() && (filter.is_empty() || filter.contains(q.key.action())))
-        .map(|q| {
-            json!({
-                "key": q.key.to_string(),
-                "action": q.key.action(),
-                "params": q.key.params(),
+        .filter_map(|q| {
+            let view = scopes.view(&q.key);
+            if scopes.is_user(q.key.action()) && view.user.as_ref() != caller {
+                return None;
+            }
+            let mut item = json!({
+                "key": view.key,
+                "action": view.action,
+                "params": view.params,
                 "updated_at": q.updated_at.map(unix_ms),
                 "version": q.version,
-            })
+            });
+            if let Some(user) = &view.user {
+                item["user"] = user.short().into();
+            }
+            Some(item)
         })
         .collect();
-    Event::default()
+    let event = Event::default()
         .event("snapshot")
-        .data(json!({ "queries": queries }).to_string())
+        .data(json!({ "queries": queries }).to_string());
+    match id {
+        Some(id) => event.id(id.to_string()),
+        None => event,
+    }
 }
 
 fn change(state: &Shared, id: u64, c: &ChangeEvent, include_data: bool) -> Event {
@@ -129,8 +152,7 @@ fn with_data(state: &Shared, c: &ChangeEvent) -> String {
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         data_omitted: bool,
     }
-    let key = revalidate::QueryKey::new(&c.action, c.params.clone());
-    let value = state.client.peek(&key);
+    let value = state.client.peek(&c.query);
     let raw = value.as_ref().and_then(|(payload, _)| {
         (payload.body.len() <= state.event_data_max_bytes)
             .then(|| std::str::from_utf8(&payload.body).ok())
@@ -161,12 +183,22 @@ fn with_data(state: &Shared, c: &ChangeEvent) -> String {
     ))]
 pub(crate) async fn events(
     State(state): State<AppState>,
+    reader: Reader,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let asked = events_query(query.as_deref())?;
     let include = asked.include_data;
     let filter = Arc::new(asked.actions);
+    // A per-user query's changes go to its owner's connections only.
+    let me: Option<UserId> = reader.caller.map(|c| c.id);
+    let wanted = {
+        let filter = filter.clone();
+        let me = me.clone();
+        move |c: &ChangeEvent| {
+            (filter.is_empty() || filter.contains(&c.action)) && c.is_for(me.as_ref())
+        }
+    };
     // Subscribe before reading the ring, then drop live events already replayed.
     let live = state.events.subscribe();
     let last = headers
@@ -178,16 +210,14 @@ pub(crate) async fn events(
     let mut seen = state.events.last_id();
     match last.map(|id| state.events.since(id)) {
         None => {}
-        Some(Replay::Snapshot) => first.push(snapshot(&state, &filter)),
+        Some(Replay::Snapshot) => first.push(snapshot(&state, &filter, me.as_ref(), Some(seen))),
         Some(Replay::Events(missed)) => {
             for (id, logged) in missed {
                 seen = seen.max(id);
                 match &*logged {
-                    Logged::Change(c) if filter.is_empty() || filter.contains(&c.action) => {
-                        first.push(change(&state, id, c, include))
-                    }
+                    Logged::Change(c) if wanted(c) => first.push(change(&state, id, c, include)),
                     Logged::Change(_) => {}
-                    Logged::Resync => first.push(snapshot(&state, &filter)),
+                    Logged::Resync => first.push(snapshot(&state, &filter, me.as_ref(), Some(id))),
                 }
             }
         }
@@ -199,14 +229,13 @@ pub(crate) async fn events(
             let event = match item {
                 Ok((id, _)) if id <= seen => None,
                 Ok((id, logged)) => match &*logged {
-                    Logged::Change(c) if filter.is_empty() || filter.contains(&c.action) => {
-                        Some(change(&state, id, c, include))
-                    }
+                    Logged::Change(c) if wanted(c) => Some(change(&state, id, c, include)),
                     Logged::Change(_) => None,
-                    Logged::Resync => Some(snapshot(&state, &filter)),
+                    Logged::Resync => Some(snapshot(&state, &filter, me.as_ref(), Some(id))),
                 },
                 // This client fell behind the live feed: resynchronise it.
-                Err(_lagged) => Some(snapshot(&state, &filter)),
+                // (Without an id: events older than it may still be queued.)
+                Err(_lagged) => Some(snapshot(&state, &filter, me.as_ref(), None)),
             };
             futures::future::ready(event.map(Ok))
         }
@@ -315,7 +344,7 @@ fn build_tick(state: &AppState) -> String {
         "stats": stats_json(state),
         "network": network_json(state),
         "cluster": cluster_json(state),
-        "queries": all.iter().map(query_json).collect::<Vec<_>>(),
+        "queries": all.iter().map(|q| query_json(state.upstream.scopes(), q)).collect::<Vec<_>>(),
         "queries_total": total,
         "queries_truncated": total > all.len(),
     })

@@ -1,7 +1,9 @@
 //! The HTTP API (see `docs/http-api.md`): cache-first reads, change events,
 //! operations, metrics and the dashboard.
 
+mod access;
 mod admin;
+mod app;
 mod conn;
 mod error;
 mod host;
@@ -19,6 +21,7 @@ use revalidate::{QueryClient, RefreshController};
 use tokio::sync::watch;
 
 pub(crate) use admin::describe_metrics;
+pub(crate) use app::AppRoutes;
 pub(crate) use conn::{Connections, Limits, accept_loop, effective_max_connections};
 pub(crate) use host::AllowedHosts;
 pub(crate) use live::LiveHub;
@@ -51,6 +54,12 @@ pub(crate) struct Shared {
     pub(crate) live: Arc<LiveHub>,
     /// The OpenAPI description, with the configured actions.
     pub(crate) openapi: serde_json::Value,
+    /// The app's own paths of the declared actions.
+    pub(crate) app: AppRoutes,
+    /// `[server] passthrough`: other paths go upstream uncached.
+    pub(crate) passthrough: bool,
+    /// `[server] read_token_env`'s token: reads must carry it.
+    pub(crate) read_token: Option<String>,
     /// The node's tier on Redis, with `[cluster]`.
     pub(crate) cluster:
         Option<revalidate::cluster::RedisTier<Payload, crate::upstream::PayloadCodec>>,
@@ -74,7 +83,7 @@ pub(crate) fn router(state: AppState, max_body_bytes: usize, hosts: AllowedHosts
         .route("/v1/network", get(admin::network))
         .route("/v1/cluster", get(admin::cluster))
         .route("/v1/openapi.json", get(openapi::openapi_json))
-        .fallback(error::not_found)
+        .fallback(app::fallback)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(

@@ -6,10 +6,11 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use headers::{ETag, Header, HeaderMapExt, IfNoneMatch};
-use revalidate::{Freshness, Hit, QueryKey};
+use revalidate::{Freshness, Hit};
 use serde_json::{Map, Value};
 
 use super::AppState;
+use super::access::Reader;
 use super::error::ApiError;
 use crate::upstream::Payload;
 
@@ -111,6 +112,7 @@ fn percent_decode(part: &str) -> Vec<u8> {
     ))]
 pub(crate) async fn read(
     State(state): State<AppState>,
+    reader: Reader,
     action: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -126,9 +128,9 @@ pub(crate) async fn read(
             limit: state.max_query_bytes,
         });
     }
-    let key = QueryKey::new(&action, params_of(&query)?);
+    let key = reader.key(&state, &action, params_of(&query)?)?;
     match state.client.get_with_meta(&key).await {
-        Ok(hit) => Ok(answer(&hit, &headers)),
+        Ok(hit) => Ok(super::access::seal(&state, &action, answer(&hit, &headers))),
         Err(e) => Err(ApiError::upstream(key, e)),
     }
 }
@@ -156,6 +158,7 @@ pub(crate) async fn read(
     ))]
 pub(crate) async fn read_typed(
     State(state): State<AppState>,
+    reader: Reader,
     action: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
@@ -166,9 +169,9 @@ pub(crate) async fn read_typed(
     }
     let body = body?;
     let params = params_of_json(&body)?;
-    let key = QueryKey::new(&action, params);
+    let key = reader.key(&state, &action, params)?;
     match state.client.get_with_meta(&key).await {
-        Ok(hit) => Ok(answer(&hit, &headers)),
+        Ok(hit) => Ok(super::access::seal(&state, &action, answer(&hit, &headers))),
         Err(e) => Err(ApiError::upstream(key, e)),
     }
 }
@@ -192,7 +195,9 @@ pub(crate) fn params_of_json(body: &[u8]) -> Result<Value, ApiError> {
     })
 }
 
-fn answer(hit: &Hit<Payload>, request: &HeaderMap) -> Response {
+/// A cached value's answer: its body with the upstream's content type, or
+/// `304` for a matching `If-None-Match`; with the cache headers either way.
+pub(crate) fn answer(hit: &Hit<Payload>, request: &HeaderMap) -> Response {
     let status = match hit.freshness {
         Freshness::Fresh => "revalidate; hit",
         Freshness::Stale => "revalidate; hit; stale",
@@ -204,10 +209,11 @@ fn answer(hit: &Hit<Payload>, request: &HeaderMap) -> Response {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         let mut r = Response::new(Body::from(payload.body.clone()));
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        let content_type = payload
+            .content_type
+            .clone()
+            .unwrap_or(HeaderValue::from_static("application/json"));
+        r.headers_mut().insert(header::CONTENT_TYPE, content_type);
         r
     };
     let h = response.headers_mut();
@@ -231,6 +237,7 @@ fn is_not_modified(request: &HeaderMap, etag: &HeaderValue) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use revalidate::QueryKey;
     use serde_json::json;
 
     use super::*;

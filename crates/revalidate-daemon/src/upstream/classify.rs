@@ -146,7 +146,8 @@ pub(crate) fn classify(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let bytes = body.len() as u64;
-    Ok(Fetched::new(Payload::new(body, etag)).with_bytes(bytes))
+    let content_type = headers.get(reqwest::header::CONTENT_TYPE).cloned();
+    Ok(Fetched::new(Payload::new(body, etag).with_content_type(content_type)).with_bytes(bytes))
 }
 
 /// The `Content-Length` header, when there is one that reads as a number.

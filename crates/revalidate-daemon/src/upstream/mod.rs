@@ -28,11 +28,17 @@ use revalidate::store::{Codec, CodecError};
 use revalidate::{FetchError, FetchRequest, Fetched, Fetcher, QueryKey};
 use serde_json::Value;
 
-use crate::config::{DaemonConfig, FollowRedirects, Method, expand_env};
+#[cfg(test)]
+use crate::config::encode_segment;
+use crate::config::{ActionKind, DaemonConfig, FollowRedirects, Method, expand_env};
+use crate::identity::{Identities, Scopes, UserId, split_user_key};
 
 pub(crate) mod classify;
+mod forward;
 pub(crate) mod redact;
 mod redirect;
+
+pub(crate) use forward::{Forwarded, Outgoing, Target};
 
 use classify::{Answer, BodyError, Rules, classify};
 use redact::Redactor;
@@ -46,6 +52,9 @@ pub(crate) struct Payload {
     pub(crate) etag: HeaderValue,
     /// The upstream's validator, sent back as `If-None-Match`.
     pub(crate) upstream_etag: Option<String>,
+    /// The upstream's `Content-Type`, served again on the app's own paths
+    /// (`None`: `application/json`).
+    pub(crate) content_type: Option<HeaderValue>,
 }
 
 impl PartialEq for Payload {
@@ -63,7 +72,16 @@ impl Payload {
             etag,
             body,
             upstream_etag,
+            content_type: None,
         }
+    }
+
+    /// The same payload, with the upstream's content type (a JSON one only:
+    /// anything else was refused as bad data before).
+    #[must_use]
+    pub(crate) fn with_content_type(mut self, content_type: Option<HeaderValue>) -> Self {
+        self.content_type = content_type.filter(|v| v.as_bytes() != b"application/json");
+        self
     }
 }
 
@@ -76,40 +94,75 @@ pub(crate) fn etag_of(body: &[u8]) -> String {
     format!("\"{h:016x}\"")
 }
 
-/// Stores payloads as: upstream ETag length (u16, little-endian), the
-/// upstream ETag, then the body. The body is checked to be JSON again when
-/// restored, so a damaged record is dropped rather than served.
+/// Stores payloads as: a marker (`FF FE 02`), the content type and the
+/// upstream ETag (each a u16 little-endian length and its bytes), then the
+/// body. Records written before the content type was kept (no marker: the
+/// ETag's length first) are still read. The body is checked to be JSON
+/// again when restored, so a damaged record is dropped rather than served.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct PayloadCodec;
+
+/// Marks the current layout; an older record starts with an ETag length,
+/// which is never 0xFEFF with a third byte of 2 in practice (a 65 279-byte
+/// ETag), and would not decode as JSON after it anyway.
+const PAYLOAD_FORMAT_2: [u8; 3] = [0xFF, 0xFE, 0x02];
+
+fn push_field(out: &mut Vec<u8>, field: &[u8], what: &str) -> Result<(), CodecError> {
+    let len = u16::try_from(field.len())
+        .map_err(|_| CodecError::new(format!("{what} longer than 64 KiB")))?;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(field);
+    Ok(())
+}
+
+fn take_field<'a>(rest: &mut &'a [u8]) -> Result<&'a [u8], CodecError> {
+    let truncated = || CodecError::new("payload record is truncated");
+    if rest.len() < 2 {
+        return Err(truncated());
+    }
+    let len = usize::from(u16::from_le_bytes([rest[0], rest[1]]));
+    if rest.len() < 2 + len {
+        return Err(truncated());
+    }
+    let (field, tail) = rest[2..].split_at(len);
+    *rest = tail;
+    Ok(field)
+}
 
 impl Codec<Payload> for PayloadCodec {
     fn encode(&self, _key: &QueryKey, value: &Payload) -> Result<Vec<u8>, CodecError> {
         let tag = value.upstream_etag.as_deref().unwrap_or("");
-        let len = u16::try_from(tag.len())
-            .map_err(|_| CodecError::new("upstream ETag longer than 64 KiB"))?;
-        let mut out = Vec::with_capacity(2 + tag.len() + value.body.len());
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(tag.as_bytes());
+        let ct = value
+            .content_type
+            .as_ref()
+            .map_or(&b""[..], HeaderValue::as_bytes);
+        let mut out = Vec::with_capacity(7 + ct.len() + tag.len() + value.body.len());
+        out.extend_from_slice(&PAYLOAD_FORMAT_2);
+        push_field(&mut out, ct, "content type")?;
+        push_field(&mut out, tag.as_bytes(), "upstream ETag")?;
         out.extend_from_slice(&value.body);
         Ok(out)
     }
 
     fn decode(&self, _key: &QueryKey, bytes: &[u8]) -> Result<Payload, CodecError> {
-        if bytes.len() < 2 {
-            return Err(CodecError::new("payload record is truncated"));
-        }
-        let len = usize::from(u16::from_le_bytes([bytes[0], bytes[1]]));
-        let rest = &bytes[2..];
-        if rest.len() < len {
-            return Err(CodecError::new("payload record is truncated"));
-        }
-        let (tag, body) = rest.split_at(len);
+        let mut rest = bytes;
+        let content_type = if bytes.starts_with(&PAYLOAD_FORMAT_2) {
+            rest = &bytes[3..];
+            let ct = take_field(&mut rest)?;
+            (!ct.is_empty())
+                .then(|| HeaderValue::from_bytes(ct).map_err(CodecError::from_source))
+                .transpose()?
+        } else {
+            None
+        };
+        let tag = take_field(&mut rest)?;
         let tag = std::str::from_utf8(tag).map_err(CodecError::from_source)?;
-        serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(CodecError::from_source)?;
+        serde_json::from_slice::<serde::de::IgnoredAny>(rest).map_err(CodecError::from_source)?;
         Ok(Payload::new(
-            Bytes::copy_from_slice(body),
+            Bytes::copy_from_slice(rest),
             (!tag.is_empty()).then(|| tag.to_owned()),
-        ))
+        )
+        .with_content_type(content_type))
     }
 }
 
@@ -119,6 +172,7 @@ struct Route {
     method: Method,
     url: reqwest::Url,
     headers: HeaderMap,
+    kind: ActionKind,
 }
 
 /// The upstream API.
@@ -133,6 +187,12 @@ pub(crate) struct Upstream {
     follow_redirects: FollowRedirects,
     /// Takes every configured header value out of every error message.
     redactor: Redactor,
+    /// `[upstream] base_url`, for `[server] passthrough`.
+    base_url: reqwest::Url,
+    /// Which actions are per-user.
+    scopes: Arc<Scopes>,
+    /// The callers' credentials, for their per-user queries.
+    identities: Option<Arc<Identities>>,
     /// Body bytes not transferred thanks to `304 Not Modified`.
     pub(crate) bytes_saved: AtomicU64,
     /// Requests sent (fetches and probes).
@@ -153,7 +213,13 @@ pub(crate) enum UpstreamError {
 }
 
 impl Upstream {
-    pub(crate) fn new(config: &DaemonConfig) -> Result<Arc<Self>, UpstreamError> {
+    /// The upstream of `config`; per-user actions (`scopes`) are fetched
+    /// with the credentials `identities` holds.
+    pub(crate) fn new(
+        config: &DaemonConfig,
+        scopes: Arc<Scopes>,
+        identities: Option<Arc<Identities>>,
+    ) -> Result<Arc<Self>, UpstreamError> {
         let u = &config.upstream;
         // Every value sent, for the redactor.
         let mut secrets: Vec<String> = Vec::new();
@@ -177,14 +243,14 @@ impl Upstream {
         };
         let mut routes = HashMap::new();
         for (action, a) in &config.actions {
-            let path = a.path.replace("{action}", &encode_segment(action));
-            let url = join(&u.base_url, &path);
+            let url = join(&u.base_url, &a.local_path(action));
             routes.insert(
                 action.clone(),
                 Route {
                     method: a.method,
                     url,
                     headers: headers(&a.headers)?,
+                    kind: a.kind,
                 },
             );
         }
@@ -200,6 +266,9 @@ impl Upstream {
             http,
             routes,
             redactor,
+            base_url: u.base_url.clone(),
+            scopes,
+            identities,
             health: u.health_path.as_deref().map(|p| join(&u.base_url, p)),
             max_response_bytes: u.max_response_bytes,
             follow_redirects: u.follow_redirects,
@@ -208,26 +277,47 @@ impl Upstream {
         }))
     }
 
-    /// The actions this upstream serves, sorted.
+    /// The query actions this upstream serves (the ones a read may name),
+    /// sorted.
     pub(crate) fn actions(&self) -> Vec<&str> {
-        let mut a: Vec<&str> = self.routes.keys().map(String::as_str).collect();
+        let mut a: Vec<&str> = self
+            .routes
+            .iter()
+            .filter(|(_, r)| r.kind == ActionKind::Query)
+            .map(|(name, _)| name.as_str())
+            .collect();
         a.sort_unstable();
         a
     }
 
+    /// Whether `action` is a declared query (a mutation is not read).
     pub(crate) fn knows(&self, action: &str) -> bool {
-        self.routes.contains_key(action)
+        self.routes
+            .get(action)
+            .is_some_and(|r| r.kind == ActionKind::Query)
+    }
+
+    /// Which actions are per-user.
+    pub(crate) fn scopes(&self) -> &Arc<Scopes> {
+        &self.scopes
+    }
+
+    /// The callers' credentials (`None` without `[identity]`).
+    pub(crate) fn identities(&self) -> Option<&Arc<Identities>> {
+        self.identities.as_ref()
     }
 
     /// Whether the upstream answers its health path successfully; without a
-    /// health path, whether it accepts a connection at all.
+    /// health path, whether it answers at all: a `HEAD` of `base_url`, which
+    /// no server may treat as a change (an action's path might be a
+    /// mutation's).
     pub(crate) async fn probe(&self) -> bool {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let url = self.health.clone().unwrap_or_else(|| {
-            let any = self.routes.values().next().map(|r| r.url.clone());
-            any.unwrap_or_else(|| reqwest::Url::parse("http://127.0.0.1/").expect("valid"))
-        });
-        match self.http.get(url).send().await {
+        let request = match &self.health {
+            Some(url) => self.http.get(url.clone()),
+            None => self.http.head(self.base_url.clone()),
+        };
+        match request.send().await {
             Ok(r) => {
                 self.health.is_none() || r.status().is_success() || r.status().is_redirection()
             }
@@ -238,23 +328,6 @@ impl Upstream {
             }
         }
     }
-}
-
-/// Percent-encodes every byte of `s` but RFC 3986's unreserved characters
-/// (`A-Z a-z 0-9 - . _ ~`), so that an action name is one path segment
-/// whatever it holds: `\` is not a separator, `%` not an escape, and
-/// `%2e%2e` not a way up.
-fn encode_segment(s: &str) -> String {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
 }
 
 /// `base` + `path`, keeping the base's own path prefix (`http://h/api` +
@@ -404,21 +477,62 @@ fn describe(e: &reqwest::Error) -> String {
     }
 }
 
+/// The caller a per-user query is fetched as.
+struct AsUser {
+    id: UserId,
+    credential: (HeaderName, HeaderValue),
+    /// The configured secrets and this credential.
+    redactor: Redactor,
+}
+
 impl Fetcher<Payload> for Arc<Upstream> {
     /// Fetches one key; every error's message is redacted here, the one way
     /// out of this module.
     async fn fetch(&self, req: FetchRequest<'_, Payload>) -> Result<Fetched<Payload>, FetchError> {
-        self.fetch_unredacted(req)
-            .await
-            .map_err(|e| self.redactor.error(e))
+        let action = req.key.action();
+        if !self.scopes.is_user(action) {
+            return self
+                .fetch_unredacted(req, None)
+                .await
+                .map_err(|e| self.redactor.error(e));
+        }
+        // A per-user query: fetched as its owner, with their credential.
+        let Some((id, params)) = split_user_key(req.key) else {
+            return Err(FetchError::rejected(format!(
+                "`{action}` is per-user and this key names no user"
+            )));
+        };
+        let credential = self.identities.as_ref().and_then(|i| i.credential(&id));
+        let Some(credential) = credential else {
+            // After a restart, or after the upstream refused it: the
+            // query is dropped; the user's next read fetches it again.
+            if let Some(identities) = &self.identities {
+                identities.forget(&id);
+            }
+            return Err(FetchError::rejected(
+                "no credential is held for this query's user (refused by the upstream, or the daemon restarted)",
+            ));
+        };
+        let redactor = self
+            .redactor
+            .with(&String::from_utf8_lossy(credential.1.as_bytes()));
+        let user = AsUser {
+            id,
+            credential,
+            redactor,
+        };
+        let result = self.fetch_unredacted(req, Some((&user, params))).await;
+        result.map_err(|e| user.redactor.error(e))
     }
 }
 
 impl Upstream {
-    /// `fetch`, before redaction.
+    /// `fetch`, before redaction; `as_user` for a per-user query, with its
+    /// own parameters.
     async fn fetch_unredacted(
         &self,
         req: FetchRequest<'_, Payload>,
+        as_user: Option<(&AsUser, Value)>,
     ) -> Result<Fetched<Payload>, FetchError> {
         let action = req.key.action();
         let Some(route) = self.routes.get(action) else {
@@ -426,18 +540,23 @@ impl Upstream {
                 "`{action}` is not a declared action"
             )));
         };
+        let (user, own_params) = match as_user {
+            Some((user, params)) => (Some(user), Some(params)),
+            None => (None, None),
+        };
         let (mut url, body) = match route.method {
             Method::Post => {
-                let body = if req.key.has_params() {
-                    req.key.params_json().to_owned()
-                } else {
-                    "{}".to_owned()
+                let body = match &own_params {
+                    Some(Value::Null) => "{}".to_owned(),
+                    Some(params) => params.to_string(),
+                    None if req.key.has_params() => req.key.params_json().to_owned(),
+                    None => "{}".to_owned(),
                 };
                 (route.url.clone(), Some(Bytes::from(body)))
             }
             Method::Get => {
                 let mut url = route.url.clone();
-                let pairs = query_pairs(&req.key.params());
+                let pairs = query_pairs(&own_params.unwrap_or_else(|| req.key.params()));
                 if !pairs.is_empty() {
                     url.query_pairs_mut().extend_pairs(pairs);
                 }
@@ -461,6 +580,10 @@ impl Upstream {
                 None => self.http.get(url.clone()),
             };
             builder = builder.headers(route.headers.clone());
+            if let Some(user) = user {
+                let (name, value) = &user.credential;
+                builder = builder.header(name.clone(), value.clone());
+            }
             if let Some(v) = &if_none_match {
                 builder = builder.header(IF_NONE_MATCH, v.clone());
             }
@@ -487,6 +610,19 @@ impl Upstream {
             }
         };
         let status = response.status();
+        if let Some(user) = user
+            && matches!(status.as_u16(), 401 | 403)
+        {
+            // The upstream refused this user's credential: forget it; the
+            // daemon drops their queries and stops refreshing them.
+            if let Some(identities) = &self.identities {
+                identities.forget(&user.id);
+            }
+            return Err(FetchError::rejected(format!(
+                "the upstream refused this user's credential ({status})"
+            ))
+            .with_status(status.as_u16()));
+        }
         let headers = std::mem::take(response.headers_mut());
         let limit = self.max_response_bytes;
         let body = if status.is_redirection() {
@@ -511,7 +647,7 @@ impl Upstream {
             now: SystemTime::now(),
             max_bytes: limit,
             not_followed: not_followed.unwrap_or(NotFollowed::Never),
-            redactor: &self.redactor,
+            redactor: user.map_or(&self.redactor, |u| &u.redactor),
         };
         let fetched = classify(
             Answer {
@@ -557,6 +693,23 @@ mod tests {
         assert_eq!(back.etag, p.etag);
         assert!(PayloadCodec.decode(&k, &[1]).is_err());
         assert!(PayloadCodec.decode(&k, b"\0\0not json").is_err());
+        // With its content type, kept.
+        let typed = p.clone().with_content_type(Some(HeaderValue::from_static(
+            "application/vnd.api+json; charset=utf-8",
+        )));
+        let back = PayloadCodec
+            .decode(&k, &PayloadCodec.encode(&k, &typed).unwrap())
+            .unwrap();
+        assert_eq!(back.content_type, typed.content_type);
+        // A record of the first layout (ETag length, ETag, body) still reads.
+        let mut old = vec![7, 0];
+        old.extend_from_slice(b"W/\"abc\"");
+        old.extend_from_slice(br#"{"rows":[1]}"#);
+        let back = PayloadCodec.decode(&k, &old).unwrap();
+        assert_eq!(
+            (back.body, back.upstream_etag, back.content_type),
+            (p.body, p.upstream_etag, None)
+        );
     }
 
     #[test]

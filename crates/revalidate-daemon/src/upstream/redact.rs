@@ -50,6 +50,19 @@ impl Redactor {
         Self { needles }
     }
 
+    /// This redactor and `value` too (a caller's credential, for the one
+    /// fetch made with it).
+    pub(crate) fn with(&self, value: &str) -> Self {
+        let mut needles = self.needles.clone();
+        for secret in secrets_of(value) {
+            forms(&secret, &mut needles);
+        }
+        needles.retain(|n| n.len() >= MIN_SECRET);
+        needles.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        needles.dedup();
+        Self { needles }
+    }
+
     /// The length of the longest form of a secret, in bytes: text cut after
     /// redaction must be redacted over at least this much more than it keeps.
     pub(crate) fn longest(&self) -> usize {

@@ -388,10 +388,19 @@ pub struct SseReader {
 
 impl SseReader {
     pub async fn open(url: &str, last_event_id: Option<u64>) -> Self {
+        let headers: Vec<(&str, String)> = last_event_id
+            .map(|id| ("last-event-id", id.to_string()))
+            .into_iter()
+            .collect();
+        Self::open_with(url, &headers).await
+    }
+
+    /// Opens `url` with these request headers.
+    pub async fn open_with(url: &str, headers: &[(&str, String)]) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut req = reqwest::Client::new().get(url);
-        if let Some(id) = last_event_id {
-            req = req.header("last-event-id", id.to_string());
+        for (name, value) in headers {
+            req = req.header(*name, value);
         }
         let response = req.send().await.unwrap();
         assert_eq!(response.status(), 200);
@@ -470,6 +479,14 @@ impl Proc {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Self::spawn(cmd)
+    }
+
+    /// Runs `cmd` (the binary with its arguments), its stderr kept.
+    pub fn spawn(mut cmd: Command) -> Self {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -495,7 +512,12 @@ impl Proc {
     pub fn listening(mut self) -> Self {
         let line = self.wait_line(" on http://", Duration::from_secs(30));
         let i = line.find(" on http://").unwrap();
-        self.addr = Some(line[i + 11..].trim().parse().unwrap());
+        // Up to the end of the address (a JSON log line goes on after it).
+        let addr: String = line[i + 11..]
+            .chars()
+            .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
+            .collect();
+        self.addr = Some(addr.parse().unwrap());
         self
     }
 

@@ -316,6 +316,18 @@ impl QueryFilter {
     pub fn predicate(f: impl Fn(&QueryKey) -> bool + Send + Sync + 'static) -> Self {
         QueryFilter::Predicate(Arc::new(f))
     }
+
+    /// Whether `key` is one of the queries this filter names (`policy`
+    /// knows each action's resource).
+    pub(crate) fn matches(&self, key: &QueryKey, policy: &Policy) -> bool {
+        match self {
+            QueryFilter::All => true,
+            QueryFilter::Key(k) => k == key,
+            QueryFilter::Action(a) => key.action() == a,
+            QueryFilter::Resource(r) => policy.resource(key.action()) == r,
+            QueryFilter::Predicate(p) => p(key),
+        }
+    }
 }
 
 impl std::fmt::Debug for QueryFilter {
@@ -583,14 +595,7 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClient<V> {
             }
             _ => {
                 for (key, entry) in inner.map.iter(&guard) {
-                    let hit = match &filter {
-                        QueryFilter::All => true,
-                        QueryFilter::Action(a) => key.action() == a,
-                        QueryFilter::Resource(r) => inner.policy.resource(key.action()) == r,
-                        QueryFilter::Predicate(p) => p(key),
-                        QueryFilter::Key(_) => unreachable!("handled above"),
-                    };
-                    if hit {
+                    if filter.matches(key, &inner.policy) {
                         mark(key, entry);
                     }
                 }
@@ -610,6 +615,28 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClient<V> {
             self.inner.removed(key);
         }
         removed
+    }
+
+    /// Removes every query `filter` matches (as [`remove`](Self::remove)
+    /// does one), like TanStack Query's `removeQueries`: for data that must
+    /// not be served again, where [`invalidate`](Self::invalidate) would
+    /// keep it until refreshed. Returns how many were removed.
+    pub fn remove_where(&self, filter: impl Into<QueryFilter>) -> usize {
+        let filter = filter.into();
+        let keys: Vec<QueryKey> = match &filter {
+            QueryFilter::Key(key) => vec![key.clone()],
+            _ => {
+                let guard = self.inner.map.guard();
+                self.inner
+                    .map
+                    .iter(&guard)
+                    .map(|(key, _)| key)
+                    .filter(|key| filter.matches(key, &self.inner.policy))
+                    .cloned()
+                    .collect()
+            }
+        };
+        keys.iter().filter(|key| self.remove(key)).count()
     }
 
     /// The state of one query, for callers and dashboards.

@@ -41,9 +41,17 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrorKind, ConfigErrors};
 pub use reader::{Item, Table, read};
 
+/// The candidate closest to `word` as a plausible typo, if any: what the
+/// reader's "did you mean" messages use, for readers of other tables.
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    crate::suggest::did_you_mean(word, candidates)
+}
+
 use crate::policy::{Layer, Policy};
 use crate::settings::RefreshSettings;
-use crate::suggest::did_you_mean;
 
 /// A loaded configuration: the staleness policy (with its active profile
 /// selected) and the refresh settings.

@@ -363,6 +363,33 @@ impl<'a> Item<'a> {
         }
     }
 
+    /// The value as an array of strings (`["a", "b"]`). An element that is
+    /// not a string is reported at its own position and left out.
+    pub fn as_str_list(&self) -> Option<Vec<&'a str>> {
+        let DeValue::Array(items) = self.value.get_ref() else {
+            return self.wrong_type("an array of strings, like [\"a\", \"b\"]");
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, v) in items.iter().enumerate() {
+            match v.get_ref() {
+                DeValue::String(s) => out.push(s.as_ref()),
+                other => {
+                    let e = self.doc.source.error(
+                        ConfigErrorKind::InvalidValue,
+                        v.span(),
+                        &format!("{}[{i}]", self.path),
+                        format!("invalid value for `{}[{i}]`", self.path),
+                        Some(describe(other)),
+                        Some("a string".to_owned()),
+                        None,
+                    );
+                    self.doc.push(e);
+                }
+            }
+        }
+        Some(out)
+    }
+
     /// The value as a boolean.
     pub fn as_bool(&self) -> Option<bool> {
         match self.value.get_ref() {
