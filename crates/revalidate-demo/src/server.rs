@@ -16,9 +16,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use headers::{ETag, HeaderMapExt, IfNoneMatch};
-use tower_http::cors::{Any, CorsLayer};
 use serde_json::{Value, json};
 use tokio::time::Instant;
+use tower_http::cors::{Any, CorsLayer};
 use tracing::{debug, error};
 
 use crate::DemoConfig;
@@ -516,7 +516,9 @@ mod tests {
 
     #[tokio::test]
     async fn any_page_may_read_it_cors() {
-        let up = DemoUpstream::start(ANY_PORT, quiet(14)).await.expect("bind");
+        let up = DemoUpstream::start(ANY_PORT, quiet(14))
+            .await
+            .expect("bind");
         let origin = [("Origin", "http://127.0.0.1:9")];
         let preflight = crate::testing::send(
             up.addr(),
@@ -533,20 +535,33 @@ mod tests {
         .expect("a reply");
         assert_eq!(preflight.status, 200);
         assert_eq!(preflight.header("access-control-allow-origin"), Some("*"));
-        let methods = preflight.header("access-control-allow-methods").unwrap_or_default();
-        assert!(methods.contains("POST") && methods.contains("GET"), "{methods}");
-        let allowed = preflight.header("access-control-allow-headers").unwrap_or_default();
+        let methods = preflight
+            .header("access-control-allow-methods")
+            .unwrap_or_default();
+        assert!(
+            methods.contains("POST") && methods.contains("GET"),
+            "{methods}"
+        );
+        let allowed = preflight
+            .header("access-control-allow-headers")
+            .unwrap_or_default();
         assert!(allowed.contains("content-type"), "{allowed}");
         assert_eq!(up.calls(), 0, "a preflight is not a call to the API");
 
         let reply = get(up.addr(), "/actions/office.list", &origin).await;
         assert_eq!(reply.status, 200);
         assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
-        let exposed = reply.header("access-control-expose-headers").unwrap_or_default();
+        let exposed = reply
+            .header("access-control-expose-headers")
+            .unwrap_or_default();
         assert!(exposed.contains("etag"), "{exposed}");
         let missing = get(up.addr(), "/nothing", &origin).await;
         assert_eq!(missing.status, 404);
-        assert_eq!(missing.header("access-control-allow-origin"), Some("*"), "errors too");
+        assert_eq!(
+            missing.header("access-control-allow-origin"),
+            Some("*"),
+            "errors too"
+        );
         up.shutdown().await;
     }
 

@@ -39,9 +39,15 @@ async fn readers_share_one_fetch_then_read_the_cache() {
     let first = reads[0].as_ref().expect("read").clone();
     assert_eq!(*first, "value of r.list");
     for r in &reads {
-        assert!(Arc::ptr_eq(r.as_ref().expect("read"), &first), "the same value");
+        assert!(
+            Arc::ptr_eq(r.as_ref().expect("read"), &first),
+            "the same value"
+        );
     }
-    assert!(Arc::ptr_eq(&client.get_cached(&key).expect("cached"), &first));
+    assert!(Arc::ptr_eq(
+        &client.get_cached(&key).expect("cached"),
+        &first
+    ));
     let again = client.get(&key).await.expect("read");
     assert!(Arc::ptr_eq(&again, &first));
     assert_eq!(calls.get(), 1, "a cached read does not fetch");
@@ -69,7 +75,11 @@ async fn a_failed_flight_is_shared_and_not_cached() {
     let key = QueryKey::bare("r.flaky");
     let reads = join_all((0..3).map(|_| client.get(&key))).await;
     assert_eq!(calls.get(), 1, "three readers, one fetch");
-    assert!(reads.iter().all(|r| r.as_ref().is_err_and(FetchError::is_failed)));
+    assert!(
+        reads
+            .iter()
+            .all(|r| r.as_ref().is_err_and(FetchError::is_failed))
+    );
     assert!(client.get_cached(&key).is_none(), "a failure is not cached");
     assert_eq!(*client.get(&key).await.expect("second read"), "r.flaky #2");
 }
@@ -120,7 +130,11 @@ async fn failed_refreshes_are_retried_with_backoff() {
     let state = client.state(&key).unwrap();
     assert_eq!(state.error_count, 1);
     assert_eq!(state.last_error.unwrap().kind(), FetchErrorKind::Failed);
-    assert_eq!(*client.get_cached(&key).unwrap(), "r.retry #1", "the last good value stays");
+    assert_eq!(
+        *client.get_cached(&key).unwrap(),
+        "r.retry #1",
+        "the last good value stays"
+    );
     advance(secs(1.5)).await;
     assert_eq!(calls.get(), 2, "no retry before retry_interval (2 s)");
     advance(secs(1.0)).await;
@@ -142,7 +156,9 @@ async fn offline_pauses_refreshes_and_online_catches_up() {
     pause_clock();
     let calls = Rc::new(Cell::new(0));
     let client = counting_client(calls.clone(), |_| None, settings());
-    let keys: Vec<QueryKey> = (0..3).map(|i| QueryKey::bare(format!("r.off{i}"))).collect();
+    let keys: Vec<QueryKey> = (0..3)
+        .map(|i| QueryKey::bare(format!("r.off{i}")))
+        .collect();
     for k in &keys {
         client.get(k).await.unwrap();
     }

@@ -38,14 +38,19 @@ async fn fresh(test: &str) -> IdbStore {
 #[wasm_bindgen_test]
 async fn batches_round_trip_through_a_new_connection() {
     let store = fresh("round-trip").await;
-    store.apply(batch(&[("a", "1"), ("b", "2")], &[])).await.unwrap();
+    store
+        .apply(batch(&[("a", "1"), ("b", "2")], &[]))
+        .await
+        .unwrap();
     store.apply(batch(&[("c", "3")], &["a"])).await.unwrap();
     let mut meta = Batch::default();
     meta.meta.push(("buster".into(), b"v1".to_vec()));
     store.apply(meta).await.unwrap();
     // Binary (non-text) keys and values of any bytes survive too.
     let mut binary = Batch::default();
-    binary.puts.push((vec![0xff, 0x00, 0x01], vec![0, 1, 2, 255]));
+    binary
+        .puts
+        .push((vec![0xff, 0x00, 0x01], vec![0, 1, 2, 255]));
     store.apply(binary).await.unwrap();
 
     let again = IdbStore::open(store.name()).await.unwrap();
@@ -64,7 +69,11 @@ async fn batches_round_trip_through_a_new_connection() {
     clear.clear = true;
     again.apply(clear).await.unwrap();
     assert!(store.scan().await.unwrap().is_empty());
-    assert_eq!(store.meta("buster").await.unwrap(), Some(b"v1".to_vec()), "clear keeps metadata");
+    assert_eq!(
+        store.meta("buster").await.unwrap(),
+        Some(b"v1".to_vec()),
+        "clear keeps metadata"
+    );
 }
 
 /// Write-behind into IndexedDB, then a second client hydrates: values,
@@ -137,7 +146,11 @@ async fn hydrate_applies_max_age_and_the_buster() {
     assert_eq!((report.restored, report.expired), (1, 1), "{report:?}");
     assert!(fresh_client.get_cached(&QueryKey::bare("r.new")).is_some());
     assert!(fresh_client.get_cached(&QueryKey::bare("r.old")).is_none());
-    assert_eq!(store.scan().await.unwrap().len(), 1, "the expired entry is deleted");
+    assert_eq!(
+        store.scan().await.unwrap().len(),
+        1,
+        "the expired entry is deleted"
+    );
 
     let busted = counting_client(Rc::default(), |_| None, settings());
     let report = Persistence::new(store.clone())
@@ -157,7 +170,10 @@ async fn undecodable_entries_are_pruned() {
     resume_clock();
     let store = fresh("undecodable").await;
     let client = counting_client(Rc::default(), |_| None, settings());
-    let (persist, _) = Persistence::new(store.clone()).start(&client).await.unwrap();
+    let (persist, _) = Persistence::new(store.clone())
+        .start(&client)
+        .await
+        .unwrap();
     client.get(&QueryKey::bare("r.good")).await.unwrap();
     persist.shutdown().await.unwrap();
     let good = store.scan().await.unwrap();
@@ -174,10 +190,23 @@ async fn undecodable_entries_are_pruned() {
     store.apply(bad).await.unwrap();
 
     let restored = counting_client(Rc::default(), |_| None, settings());
-    let report = Persistence::new(store.clone()).hydrate(&restored).await.unwrap();
+    let report = Persistence::new(store.clone())
+        .hydrate(&restored)
+        .await
+        .unwrap();
     assert_eq!((report.restored, report.undecodable), (1, 2), "{report:?}");
-    let keys: Vec<Vec<u8>> = store.scan().await.unwrap().into_iter().map(|(k, _)| k).collect();
-    assert_eq!(keys, vec![good[0].0.clone()], "the undecodable entries are deleted");
+    let keys: Vec<Vec<u8>> = store
+        .scan()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        keys,
+        vec![good[0].0.clone()],
+        "the undecodable entries are deleted"
+    );
 }
 
 /// An upgrade that another connection blocks is a Locked error, at once,
@@ -209,7 +238,9 @@ async fn a_blocked_upgrade_is_reported_as_locked() {
 
     other.close();
     settle().await;
-    let store = IdbStore::open(&name).await.expect("opens once the other closed");
+    let store = IdbStore::open(&name)
+        .await
+        .expect("opens once the other closed");
     store.apply(batch(&[("k", "v")], &[])).await.unwrap();
     assert_eq!(store.scan().await.unwrap().len(), 1);
 }
@@ -220,10 +251,18 @@ async fn a_blocked_upgrade_is_reported_as_locked() {
 async fn the_store_yields_to_a_deletion_and_reopens() {
     let store = fresh("reopen").await;
     store.apply(batch(&[("a", "1")], &[])).await.unwrap();
-    IdbStore::delete(store.name()).await.expect("not blocked by the open store");
-    assert!(store.scan().await.unwrap().is_empty(), "reopened: a new, empty database");
+    IdbStore::delete(store.name())
+        .await
+        .expect("not blocked by the open store");
+    assert!(
+        store.scan().await.unwrap().is_empty(),
+        "reopened: a new, empty database"
+    );
     store.apply(batch(&[("b", "2")], &[])).await.unwrap();
-    assert_eq!(store.scan().await.unwrap(), vec![(b"b".to_vec(), b"2".to_vec())]);
+    assert_eq!(
+        store.scan().await.unwrap(),
+        vec![(b"b".to_vec(), b"2".to_vec())]
+    );
 }
 
 /// The quota error, as IndexedDB reports it, says what happened and what
@@ -238,10 +277,12 @@ fn a_quota_error_is_reported_with_its_cause() {
     let err = revalidate::store::idb_error("cache", "committing a batch", &quota.into());
     assert_eq!(err.kind(), StoreErrorKind::Io);
     let text = err.to_string();
-    assert!(text.contains("QuotaExceededError") && text.contains("quota"), "{text}");
+    assert!(
+        text.contains("QuotaExceededError") && text.contains("quota"),
+        "{text}"
+    );
     assert!(text.contains("retried"), "{text}");
-    let denied =
-        web_sys::DomException::new_with_message_and_name("no", "SecurityError").unwrap();
+    let denied = web_sys::DomException::new_with_message_and_name("no", "SecurityError").unwrap();
     let err = revalidate::store::idb_error("cache", "opening", &denied.into());
     assert!(err.is_permission_denied(), "{err}");
 }

@@ -26,7 +26,9 @@ wasm_bindgen_test_configure!(run_in_browser);
 const DB: &str = "revalidate-reload";
 
 fn keys() -> Vec<QueryKey> {
-    (0..3).map(|i| QueryKey::bare(format!("r.reload{i}"))).collect()
+    (0..3)
+        .map(|i| QueryKey::bare(format!("r.reload{i}")))
+        .collect()
 }
 
 #[wasm_bindgen_test]
@@ -66,9 +68,18 @@ async fn second_page_hydrates() {
     assert_eq!(report.restored, 3, "what the first page wrote: {report:?}");
     for k in keys() {
         let state = client.state(&k).unwrap();
-        assert_eq!(*state.data.unwrap(), format!("{k} #{}", k.action().as_bytes()[8] - b'0' + 1));
-        assert!(state.updated_at.unwrap() <= revalidate_now(), "written before this page");
-        assert_eq!(*client.get(&k).await.unwrap(), *client.get_cached(&k).unwrap());
+        assert_eq!(
+            *state.data.unwrap(),
+            format!("{k} #{}", k.action().as_bytes()[8] - b'0' + 1)
+        );
+        assert!(
+            state.updated_at.unwrap() <= revalidate_now(),
+            "written before this page"
+        );
+        assert_eq!(
+            *client.get(&k).await.unwrap(),
+            *client.get_cached(&k).unwrap()
+        );
     }
     assert_eq!(calls.get(), 0, "every read served from IndexedDB");
 }

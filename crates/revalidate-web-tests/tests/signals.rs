@@ -104,7 +104,11 @@ async fn a_hidden_page_pauses_refreshes_and_catches_up_when_visible() {
     set_hidden(false);
     settle().await;
     assert!(!controller.is_paused());
-    assert_eq!(p.calls.get(), 2, "visible: the stale query is refreshed at once");
+    assert_eq!(
+        p.calls.get(),
+        2,
+        "visible: the stale query is refreshed at once"
+    );
     p.close().await;
 }
 

@@ -382,7 +382,9 @@ fn js_key(k: &[u8]) -> JsValue {
 }
 
 fn key_bytes(k: &JsValue) -> Option<Vec<u8>> {
-    k.as_string().map(String::into_bytes).or_else(|| bytes_of(k))
+    k.as_string()
+        .map(String::into_bytes)
+        .or_else(|| bytes_of(k))
 }
 
 /// The bytes of a `Uint8Array` or `ArrayBuffer`.
@@ -422,7 +424,11 @@ async fn wait_open(request: &IdbOpenDbRequest) -> Opened {
     };
     let req = request.clone();
     let on_upgrade = Closure::<dyn FnMut(Event)>::new(move |_: Event| {
-        let Some(db) = req.result().ok().and_then(|r| r.dyn_into::<IdbDatabase>().ok()) else {
+        let Some(db) = req
+            .result()
+            .ok()
+            .and_then(|r| r.dyn_into::<IdbDatabase>().ok())
+        else {
             return;
         };
         let stores = db.object_store_names();
@@ -466,7 +472,11 @@ async fn wait_open(request: &IdbOpenDbRequest) -> Opened {
         // Given up: a connection that opens after all is closed at once.
         let req = request.clone();
         let close_late = Closure::once_into_js(move |_: Event| {
-            if let Some(db) = req.result().ok().and_then(|r| r.dyn_into::<IdbDatabase>().ok()) {
+            if let Some(db) = req
+                .result()
+                .ok()
+                .and_then(|r| r.dyn_into::<IdbDatabase>().ok())
+            {
                 db.close();
             }
         });

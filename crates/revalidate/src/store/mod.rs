@@ -11,9 +11,9 @@
 //! default), [`RedbStore`]: an embedded, ACID, crash-safe file.
 
 mod codec;
-pub(crate) mod record;
 #[cfg(all(feature = "web", target_arch = "wasm32", target_os = "unknown"))]
 mod idb;
+pub(crate) mod record;
 #[cfg(feature = "redb")]
 mod redb;
 
