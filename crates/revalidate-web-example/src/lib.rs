@@ -12,4 +12,4 @@
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
 mod page;
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-pub use page::start;
+pub use page::{bench_read_path, start};

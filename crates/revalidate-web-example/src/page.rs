@@ -356,3 +356,79 @@ fn render(
         root.set_inner_html(&html);
     }
 }
+
+/// The cached read path, for `BENCHMARKS.md`: `keys` queries shaped like
+/// real query keys (`process.list` + 3 canonical params), each holding the
+/// JSON document `doc(i)`, read `hits` times in a shuffled order with
+/// `get_cached`; the median over `walks` walks, in nanoseconds per hit, by
+/// `performance.now()`. Returns `[prebuilt keys, keys built per read]`.
+#[wasm_bindgen]
+pub fn bench_read_path(keys: u32, hits: u32, walks: u32) -> Result<Vec<f64>, JsValue> {
+    let perf = web_sys::window()
+        .and_then(|w| w.performance())
+        .ok_or("no performance")?;
+    let client: QueryClient<Value> = QueryClient::builder(local_fetcher(|_k: QueryKey| async {
+        Err::<Value, _>(FetchError::rejected("the benchmark only reads the cache"))
+    }))
+    .clock(revalidate::ClockSource::Coarse)
+    .build();
+    let params = |i: u32| json!({"status": "active", "page": i, "q": format!("q{}", i % 97)});
+    let built: Vec<QueryKey> = (0..keys)
+        .map(|i| QueryKey::new("process.list", params(i)))
+        .collect();
+    for (i, k) in built.iter().enumerate() {
+        client.set_data(
+            k,
+            json!({"id": i, "name": format!("process {i}"), "tags": ["a", "b"]}),
+        );
+    }
+    // The walk: a fixed shuffle (a full-period LCG over the keys).
+    let order: Vec<usize> = {
+        let mut x: u64 = 1;
+        (0..hits)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((x >> 33) % u64::from(keys)) as usize
+            })
+            .collect()
+    };
+    let lookup: Vec<QueryKey> = built
+        .iter()
+        .map(|k| QueryKey::new(k.action(), params_of(k)))
+        .collect();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut prebuilt = Vec::new();
+    let mut per_read = Vec::new();
+    let mut sink = 0usize;
+    for _ in 0..walks {
+        let t0 = perf.now();
+        for &i in &order {
+            sink += client
+                .get_cached(&lookup[i])
+                .map_or(0, |v| v.as_object().map_or(0, |o| o.len()));
+        }
+        prebuilt.push((perf.now() - t0) * 1e6 / f64::from(hits));
+        let t0 = perf.now();
+        for &i in &order {
+            let key = QueryKey::new("process.list", params(i as u32));
+            sink += client
+                .get_cached(&key)
+                .map_or(0, |v| v.as_object().map_or(0, |o| o.len()));
+        }
+        per_read.push((perf.now() - t0) * 1e6 / f64::from(hits));
+    }
+    if sink == 0 {
+        return Err("no hit".into());
+    }
+    Ok(vec![median(prebuilt), median(per_read)])
+}
+
+/// A key's parameters as JSON (to build an equal, separate key).
+fn params_of(k: &QueryKey) -> Value {
+    serde_json::from_str(k.params_json()).unwrap_or(Value::Null)
+}
