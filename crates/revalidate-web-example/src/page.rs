@@ -292,8 +292,10 @@ fn render(
     );
     let _ = write!(
         html,
-        r#"<p id="store" data-restored="{restored}">{text}{flushed}</p>"#,
+        r#"<p id="store" data-restored="{restored}" data-flushes="{flushes}" data-failed="{failed}">{text}{flushed}</p>"#,
         restored = state.restored.get().map_or(-1, |n| n as i64),
+        flushes = persist.map_or(0, |p| p.flushes),
+        failed = persist.map_or(0, |p| p.failed_flushes),
         text = escape(&state.store.borrow()),
         flushed = persist
             .map(|p| format!(

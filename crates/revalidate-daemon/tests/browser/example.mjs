@@ -207,6 +207,7 @@ async function main() {
   if (apiRequests === requestsAtOffline) failures.push("online again, yet no request reached the API");
   if (!back.log.includes("online")) failures.push("the decision log does not say online");
   await page.screenshot({ path: `${shots}-4-online.png`, fullPage: true });
+
   if (pageErrors.length) failures.push(`page errors: ${pageErrors.join(" | ")}`);
 
   const summary = {
