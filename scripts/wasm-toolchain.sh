@@ -29,7 +29,8 @@ _wasm_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 : "${WASM_NPM_BINARYEN:=0}"
 _wasm_npm_dir="$WASM_TARGET_DIR/node-tools"
 _wasm_apt_pkgs=(rustc-web cargo-web rust-web-src lld-22 chromium chromium-driver)
-# The cargo flags every wasm build needs.
+# The cargo flags every wasm build needs (for the scripts that source this).
+# shellcheck disable=SC2034,SC2054
 WASM_CARGO_ARGS=(--target wasm32-unknown-unknown -Zbuild-std=std,panic_abort)
 
 _wasm_log() { printf '[wasm-toolchain] %s\n' "$*" >&2; }

@@ -89,7 +89,9 @@ pub enum ClockSource {
     /// Reading it needs no serialising instruction, which makes cached reads
     /// markedly cheaper when many run back to back (see `BENCHMARKS.md`). It
     /// does not follow tokio's paused test clock. Elsewhere than Linux it is
-    /// the standard monotonic clock.
+    /// the standard monotonic clock. In the browser both sources are
+    /// `performance.now()` (and follow the manual test clock of
+    /// `revalidate::web`).
     Coarse,
 }
 
