@@ -28,7 +28,7 @@ _wasm_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 : "${WASM_TIMINGS:=$WASM_TARGET_DIR/toolchain-timings.log}"
 : "${WASM_NPM_BINARYEN:=0}"
 _wasm_npm_dir="$WASM_TARGET_DIR/node-tools"
-_wasm_apt_pkgs=(rustc-web cargo-web rust-web-src lld-22 chromium chromium-driver)
+_wasm_apt_pkgs=(rustc-web cargo-web rust-web-src rust-web-clippy lld-22 chromium chromium-driver)
 # The cargo flags every wasm build needs (for the scripts that source this).
 # shellcheck disable=SC2034,SC2054
 WASM_CARGO_ARGS=(--target wasm32-unknown-unknown -Zbuild-std=std,panic_abort)
@@ -136,6 +136,9 @@ wasm_env() (
         [ -n "${!v}" ] || { echo "wasm_env: $v not found (source scripts/wasm-toolchain.sh)" >&2; exit 127; }
     done
     export RUSTC=$rustc_bin RUSTDOC=$rustdoc_bin CARGO=$cargo_bin
+    # `cargo clippy` finds its subcommand on PATH: Debian's, not rustup's.
+    clippy_bin=$(_wasm_pkg_bin rust-web-clippy cargo-clippy)
+    if [ -n "$clippy_bin" ]; then PATH="$(dirname "$clippy_bin"):$PATH"; fi
     # -Zbuild-std on Debian's stable compiler.
     export RUSTC_BOOTSTRAP=1
     export CARGO_TARGET_DIR=$WASM_TARGET_DIR

@@ -59,7 +59,7 @@ fn settings() -> RefreshSettings {
 
 thread_local! {
     /// The decision log, newest last.
-    static LOG: RefCell<VecDeque<String>> = RefCell::new(VecDeque::new());
+    static LOG: RefCell<VecDeque<String>> = const { RefCell::new(VecDeque::new()) };
 }
 
 const LOG_LINES: usize = 60;
@@ -314,7 +314,7 @@ fn render(
          <th>state</th><th>version</th><th>errors</th><th>data</th></tr></thead><tbody>",
     );
     let mut rows = client.queries();
-    rows.sort_by(|a, b| a.key.to_string().cmp(&b.key.to_string()));
+    rows.sort_by_key(|q| q.key.to_string());
     for q in rows {
         let age = q.age.map(ms).unwrap_or_else(|| "–".into());
         let limit = match q.staleness.limit() {

@@ -118,9 +118,12 @@ pub enum PageError {
 ///   [`throttle`](PageOptions::throttle). While it is hidden the service is
 ///   paused, unless [`refresh_when_hidden`](PageOptions::refresh_when_hidden).
 pub struct PageSignals {
-    listeners: Vec<(EventTarget, &'static str, Closure<dyn FnMut(Event)>)>,
+    listeners: Vec<Listener>,
     state: Rc<State>,
 }
+
+/// An event listener this value added: where, for what, and the closure.
+type Listener = (EventTarget, &'static str, Closure<dyn FnMut(Event)>);
 
 struct State {
     network: NetworkMonitor,
