@@ -94,8 +94,14 @@ async fn persistence_writes_behind_and_a_new_client_hydrates() {
     for k in &keys {
         client.get(k).await.unwrap();
     }
-    // One window later the entries are in IndexedDB, in one transaction.
-    gloo_timers::future::TimeoutFuture::new(120).await;
+    // The next window writes them, in one transaction (the first tick of
+    // the writer comes at once; a loaded machine may take its time).
+    for _ in 0..100 {
+        if persist.stats().written >= 4 {
+            break;
+        }
+        gloo_timers::future::TimeoutFuture::new(50).await;
+    }
     let stats = persist.stats();
     assert_eq!(stats.written, 4, "{stats:?}");
     assert_eq!(stats.flushes, 1, "{stats:?}");
