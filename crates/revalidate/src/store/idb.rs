@@ -139,6 +139,11 @@ impl Shared {
             return Ok(db.clone());
         }
         let db = open_database(&self.name).await?;
+        // Two operations may have opened it at once: keep one connection.
+        if let Some(first) = self.db.borrow().as_ref() {
+            db.close();
+            return Ok(first.clone());
+        }
         db.set_onversionchange(Some(self.on_versionchange.as_ref().unchecked_ref()));
         *self.db.borrow_mut() = Some(db.clone());
         Ok(db)
@@ -245,6 +250,14 @@ impl Shared {
             .await
             .map_err(|e| self.error("reading metadata", &e))?;
         Ok(bytes_of(&value))
+    }
+}
+
+impl Drop for Shared {
+    /// The last handle closes the connection (rather than leaving it to the
+    /// garbage collector, where it would block another tab's upgrade).
+    fn drop(&mut self) {
+        self.drop_connection();
     }
 }
 
