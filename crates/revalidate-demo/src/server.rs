@@ -18,6 +18,7 @@ use axum::{Json, Router};
 use headers::{ETag, HeaderMapExt, IfNoneMatch};
 use serde_json::{Value, json};
 use tokio::time::Instant;
+use tower_http::cors::{Any, CorsLayer};
 use tracing::{debug, error};
 
 use crate::DemoConfig;
@@ -104,7 +105,8 @@ impl Shared {
     }
 }
 
-/// The routes, behind the middleware that counts, delays and fails requests.
+/// The routes, behind the middleware that counts, delays and fails requests,
+/// all behind CORS.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/health", get(health))
@@ -114,7 +116,21 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             Arc::clone(&shared),
             simulate,
         ))
+        .layer(cors())
         .with_state(shared)
+}
+
+/// Any page may read the simulated API (the browser example is served from
+/// another origin). Preflights are answered here, outside the simulation:
+/// they are neither counted, delayed nor failed. Errors carry the headers
+/// too, so that a page sees a `503` as a `503`, not as a network error.
+fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+        .allow_headers([header::CONTENT_TYPE, header::IF_NONE_MATCH])
+        .expose_headers([header::ETAG, header::RETRY_AFTER])
+        .max_age(Duration::from_secs(600))
 }
 
 /// Counts the request, waits its latency and, for actions, maybe fails it.
@@ -496,6 +512,57 @@ mod tests {
             (Duration::from_millis(65)..Duration::from_millis(75)).contains(&mean),
             "{mean:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn any_page_may_read_it_cors() {
+        let up = DemoUpstream::start(ANY_PORT, quiet(14))
+            .await
+            .expect("bind");
+        let origin = [("Origin", "http://127.0.0.1:9")];
+        let preflight = crate::testing::send(
+            up.addr(),
+            "OPTIONS",
+            "/actions/process.list",
+            &[
+                origin[0],
+                ("Access-Control-Request-Method", "POST"),
+                ("Access-Control-Request-Headers", "content-type"),
+            ],
+            None,
+        )
+        .await
+        .expect("a reply");
+        assert_eq!(preflight.status, 200);
+        assert_eq!(preflight.header("access-control-allow-origin"), Some("*"));
+        let methods = preflight
+            .header("access-control-allow-methods")
+            .unwrap_or_default();
+        assert!(
+            methods.contains("POST") && methods.contains("GET"),
+            "{methods}"
+        );
+        let allowed = preflight
+            .header("access-control-allow-headers")
+            .unwrap_or_default();
+        assert!(allowed.contains("content-type"), "{allowed}");
+        assert_eq!(up.calls(), 0, "a preflight is not a call to the API");
+
+        let reply = get(up.addr(), "/actions/office.list", &origin).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
+        let exposed = reply
+            .header("access-control-expose-headers")
+            .unwrap_or_default();
+        assert!(exposed.contains("etag"), "{exposed}");
+        let missing = get(up.addr(), "/nothing", &origin).await;
+        assert_eq!(missing.status, 404);
+        assert_eq!(
+            missing.header("access-control-allow-origin"),
+            Some("*"),
+            "errors too"
+        );
+        up.shutdown().await;
     }
 
     #[test]

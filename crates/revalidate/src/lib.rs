@@ -93,6 +93,8 @@ mod stats;
 pub mod store;
 mod suggest;
 mod sync;
+#[cfg(all(feature = "web", target_arch = "wasm32", target_os = "unknown"))]
+pub mod web;
 
 pub use client::{
     Change, DEFAULT_GC_TIME, FetchStatus, Freshness, Hit, QueryClient, QueryClientBuilder,
@@ -117,6 +119,8 @@ pub use refresh::{BackgroundRefresh, RefreshController, RefreshError, RefreshHan
 pub use rt::ClockSource;
 pub use settings::{RefreshSettings, SettingsError};
 pub use stats::{CacheStats, ResourceStats, Stats};
+#[cfg(all(feature = "web", target_arch = "wasm32", target_os = "unknown"))]
+pub use store::IdbStore;
 #[cfg(feature = "redb")]
 pub use store::RedbStore;
 pub use store::{Codec, JsonCodec, MemoryStore, Store, StoreError};

@@ -3,12 +3,23 @@
 //! The engine reads the time and waits only through this module, and it
 //! spawns nothing except blocking store I/O through [`spawn_blocking`]. Everything
 //! here runs on tokio's clock, so tests drive the engine with a paused clock
-//! (`#[tokio::test(start_paused = true)]`), and a browser (wasm) backend can be
-//! added by giving this module a second implementation.
+//! (`#[tokio::test(start_paused = true)]`).
+//!
+//! In the browser (`wasm32-unknown-unknown`) the same functions have a second
+//! implementation, in `rt/web.rs`: the browser's clocks and timers, its event
+//! loop for spawning, and a manual clock for tests. Everything else in the
+//! engine is the same code on both.
 
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+mod web;
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+pub(crate) use web::*;
+
+#[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
+#[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
 pub(crate) use tokio::time::Instant;
 
 /// A point on the engine's timeline, in nanoseconds since the [`Clock`]'s
@@ -78,7 +89,9 @@ pub enum ClockSource {
     /// Reading it needs no serialising instruction, which makes cached reads
     /// markedly cheaper when many run back to back (see `BENCHMARKS.md`). It
     /// does not follow tokio's paused test clock. Elsewhere than Linux it is
-    /// the standard monotonic clock.
+    /// the standard monotonic clock. In the browser both sources are
+    /// `performance.now()` (and follow the manual test clock of
+    /// `revalidate::web`).
     Coarse,
 }
 
@@ -167,7 +180,11 @@ fn coarse_nanos() -> i64 {
 }
 
 /// Nanoseconds of the standard monotonic clock, where no coarse one exists.
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    all(target_arch = "wasm32", target_os = "unknown")
+)))]
 #[inline]
 fn coarse_nanos() -> i64 {
     static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
@@ -180,24 +197,27 @@ fn coarse_nanos() -> i64 {
 /// that restores.
 fn wall_at(instant: Instant) -> SystemTime {
     static ANCHOR: std::sync::OnceLock<(Instant, SystemTime)> = std::sync::OnceLock::new();
-    let (at, wall) = *ANCHOR.get_or_init(|| (Instant::now(), SystemTime::now()));
+    let (at, wall) = *ANCHOR.get_or_init(|| (Instant::now(), wall_now()));
     match instant.checked_duration_since(at) {
         Some(after) => wall + after,
         None => wall - at.duration_since(instant),
     }
 }
 
+#[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
 /// The wall-clock time, for display fields that are not on a [`Clock`].
 pub(crate) fn wall_now() -> SystemTime {
     SystemTime::now()
 }
 
+#[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
 /// Sleeps for `d` on tokio's clock.
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) async fn sleep(d: Duration) {
     tokio::time::sleep(d).await;
 }
 
+#[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
 /// Sleeps until `deadline` on tokio's clock; forever without one.
 pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
@@ -206,27 +226,55 @@ pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+#[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
 /// A ticker on tokio's clock. A tick that comes late (the loop was busy)
 /// delays the next ones rather than firing a burst.
-pub(crate) fn interval(period: Duration) -> tokio::time::Interval {
+pub(crate) fn interval(period: Duration) -> Interval {
     let mut t = tokio::time::interval(period);
     t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     t
 }
 
+#[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
+/// tokio's ticker.
+pub(crate) type Interval = tokio::time::Interval;
+
+#[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
 /// Spawns a task on the current tokio runtime. Only
-/// [`BackgroundRefresh::start`](crate::BackgroundRefresh::start) does, when the
-/// application asks for it.
-pub(crate) fn spawn<F>(fut: F) -> tokio::task::JoinHandle<F::Output>
+/// [`BackgroundRefresh::start`](crate::BackgroundRefresh::start) and
+/// [`Persistence::start`](crate::Persistence::start) do, when the application
+/// asks for it.
+pub(crate) fn spawn<F>(fut: F) -> Task<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    tokio::spawn(fut)
+    Task(tokio::spawn(fut))
+}
+
+/// A spawned task.
+#[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
+#[derive(Debug)]
+pub(crate) struct Task<T>(tokio::task::JoinHandle<T>);
+
+#[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
+impl<T> Task<T> {
+    /// Waits for the task: its output, or `None` if it was cancelled. A
+    /// panic in the task is resumed here.
+    pub(crate) async fn join(self) -> Option<T> {
+        match self.0.await {
+            Ok(value) => Some(value),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => None,
+        }
+    }
 }
 
 /// Runs `fut` with a time limit on tokio's clock; `None` when it ran out.
-#[cfg(not(feature = "shuttle"))]
+#[cfg(not(any(
+    feature = "shuttle",
+    all(target_arch = "wasm32", target_os = "unknown")
+)))]
 pub(crate) async fn timeout<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
     tokio::time::timeout(limit, fut).await.ok()
 }
@@ -238,6 +286,7 @@ pub(crate) async fn timeout<F: Future>(_limit: Duration, fut: F) -> Option<F::Ou
     Some(fut.await)
 }
 
+#[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
 /// Runs blocking work (store I/O) off the async threads.
 #[allow(dead_code)] // Used by the on-disk store.
 pub(crate) async fn spawn_blocking<T, F>(f: F) -> T

@@ -33,7 +33,6 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 
 use crate::client::{Inner, QueryClient};
 use crate::log::decision;
@@ -66,6 +65,8 @@ struct Control {
     /// Wakes the loop to stop or to check now.
     wake: Notify,
     check_now: AtomicBool,
+    /// No checks while set (a hidden page): due work waits for the resume.
+    paused: AtomicBool,
 }
 
 /// Controls a running service from elsewhere: stop it, or ask for a check
@@ -93,6 +94,26 @@ impl RefreshController {
     /// Whether the service has been asked to stop.
     pub fn is_stopping(&self) -> bool {
         self.control.stop.load(Ordering::Acquire)
+    }
+
+    /// Pauses the service (`true`) or resumes it (`false`). While paused it
+    /// starts no refreshes: what falls due waits, in-flight fetches finish,
+    /// and reads still fetch what is not cached. A resume checks at once, so
+    /// what went stale meanwhile is refreshed then (for example while a
+    /// browser page is hidden).
+    pub fn set_paused(&self, paused: bool) {
+        let was = self.control.paused.swap(paused, Ordering::AcqRel);
+        if was && !paused {
+            self.check_now();
+        } else {
+            // The loop looks at the flag again (and stops arming its timer).
+            self.control.wake.notify_one();
+        }
+    }
+
+    /// Whether the service is paused.
+    pub fn is_paused(&self) -> bool {
+        self.control.paused.load(Ordering::Acquire)
     }
 }
 
@@ -230,7 +251,7 @@ impl<V: PartialEq + Send + Sync + 'static> Drop for BackgroundRefresh<V> {
 /// fetches get the grace period); [`shutdown`](Self::shutdown) also waits for it.
 pub struct RefreshHandle {
     controller: RefreshController,
-    task: Option<JoinHandle<()>>,
+    task: Option<crate::rt::Task<()>>,
     stats: Box<dyn Fn() -> Stats + Send + Sync>,
 }
 
@@ -246,11 +267,8 @@ impl RefreshHandle {
     /// it was before them.
     pub async fn shutdown(mut self) {
         self.controller.stop();
-        if let Some(task) = self.task.take()
-            && let Err(e) = task.await
-            && e.is_panic()
-        {
-            std::panic::resume_unwind(e.into_panic());
+        if let Some(task) = self.task.take() {
+            task.join().await;
         }
     }
 
@@ -303,15 +321,20 @@ impl<V: PartialEq + Send + Sync + 'static> Service<V> {
         let mut probing: Option<BoxFuture<'static, bool>> = None;
 
         loop {
-            self.start_jobs();
+            let paused = self.control.paused.load(Ordering::Acquire);
+            if !paused {
+                self.start_jobs();
+            }
             if self.control.stop.load(Ordering::Acquire) {
                 break;
             }
-            let wake_at = self.next_check();
+            let wake_at = if paused { None } else { self.next_check() };
             tokio::select! {
                 biased;
                 () = self.control.wake.notified() => {
-                    if self.control.check_now.swap(false, Ordering::AcqRel) {
+                    if self.control.check_now.swap(false, Ordering::AcqRel)
+                        && !self.control.paused.load(Ordering::Acquire)
+                    {
                         self.check();
                     }
                 }
@@ -324,7 +347,7 @@ impl<V: PartialEq + Send + Sync + 'static> Service<V> {
                 _ = housekeeping.tick() => {
                     let now = self.inner.clock().now();
                     self.inner.collect_garbage(now, 10_000);
-                    if !self.inner.network().is_online() && probe.is_none() {
+                    if !self.inner.network().is_online() && probe.is_none() && !paused {
                         self.try_trial();
                     }
                     QueryClient { inner: self.inner.clone() }.publish_metrics();
@@ -337,8 +360,11 @@ impl<V: PartialEq + Send + Sync + 'static> Service<V> {
                     if online && !was_online {
                         let waiting = self.monitor.backlog_len();
                         decision!("📶 online: {waiting} stale queries to refresh");
-                        // Catch up at once rather than at the next window.
-                        self.check();
+                        // Catch up at once rather than at the next window
+                        // (while paused, at the resume).
+                        if !paused {
+                            self.check();
+                        }
                     } else if !online && was_online {
                         decision!("📴 offline: pausing refreshes");
                     }

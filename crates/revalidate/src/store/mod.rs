@@ -11,6 +11,8 @@
 //! default), [`RedbStore`]: an embedded, ACID, crash-safe file.
 
 mod codec;
+#[cfg(all(feature = "web", target_arch = "wasm32", target_os = "unknown"))]
+mod idb;
 pub(crate) mod record;
 #[cfg(feature = "redb")]
 mod redb;
@@ -23,6 +25,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 pub use codec::{Codec, CodecError, JsonCodec};
+#[cfg(all(feature = "web", target_arch = "wasm32", target_os = "unknown"))]
+pub use idb::IdbStore;
+#[cfg(all(feature = "web", target_arch = "wasm32", target_os = "unknown"))]
+#[doc(hidden)]
+pub use idb::dom_error as idb_error;
 #[cfg(feature = "redb")]
 pub use redb::RedbStore;
 
