@@ -39,11 +39,7 @@ test("executeAction speaks the app's own protocol (against the app itself)", { t
   assert.equal(up.requests.at(-1)?.path, "/actions/ITEM.LIST");
 });
 
-// The daemon's copy of the app's protocol and its mutations are the lead's
-// work in progress (not in this branch's daemon yet): unskip once merged.
-const PENDING = "the daemon does not serve the app's own protocol (POST /actions/{action}) or mutations yet";
-
-test("executeAction through the daemon: reads come cache-first, errors are typed", { timeout: 60_000, skip: PENDING }, async (t) => {
+test("executeAction through the daemon: reads come cache-first, errors are typed", { timeout: 60_000 }, async (t) => {
   const up = await Upstream.start(t);
   const d = await Daemon.start(t, up, { staleness: 'item = "5m"' });
   const client = createClient({ baseUrl: d.url });
@@ -71,7 +67,7 @@ test("executeAction through the daemon: reads come cache-first, errors are typed
   });
 });
 
-test("a mutation through the daemon is forwarded, and the queries it invalidates change on the feed", { timeout: 60_000, skip: PENDING }, async (t) => {
+test("a mutation through the daemon is forwarded, and the queries it invalidates change on the feed", { timeout: 60_000 }, async (t) => {
   const up = await Upstream.start(t);
   // The app's update changes what item.get answers.
   up.script("item.update", (params) => {
