@@ -129,7 +129,11 @@ impl Identities {
                 .map(|b| format!("{b:02x}"))
                 .collect(),
         );
-        let mut value = value;
+        // A request's header value is a view of the connection's read
+        // buffer (8 KiB and more): kept as it is for background refreshes,
+        // every identity would hold a whole buffer. A copy of its own.
+        let mut value = HeaderValue::from_bytes(value.as_bytes())
+            .expect("the bytes of a valid header value are one");
         value.set_sensitive(true);
         Some(Caller {
             id,

@@ -139,6 +139,7 @@ pub(crate) fn stats_json(state: &AppState) -> Value {
     let mut v = serde_json::to_value(&stats).unwrap_or_default();
     if let Value::Object(map) = &mut v {
         map.insert("in_flight".into(), json!(state.client.fetches_in_flight()));
+        map.insert("queries".into(), json!(state.client.len()));
         map.insert(
             "max_concurrent_refreshes".into(),
             json!(state.client.settings().max_concurrent_refreshes),

@@ -146,7 +146,11 @@ pub(crate) fn classify(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let bytes = body.len() as u64;
-    let content_type = headers.get(reqwest::header::CONTENT_TYPE).cloned();
+    // A copy: the header map's values are views of the connection's read
+    // buffer, which a cached payload must not keep alive.
+    let content_type = headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| reqwest::header::HeaderValue::from_bytes(v.as_bytes()).ok());
     Ok(Fetched::new(Payload::new(body, etag).with_content_type(content_type)).with_bytes(bytes))
 }
 

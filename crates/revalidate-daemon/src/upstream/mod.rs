@@ -391,8 +391,8 @@ async fn read_body(
     }
 }
 
-/// A body being read: most come in one chunk, kept as it is; more chunks
-/// are copied into one buffer.
+/// A body being read: most come in one chunk; more chunks are copied into
+/// one buffer of the announced length.
 #[derive(Default)]
 enum Collected {
     #[default]
@@ -430,7 +430,10 @@ impl Collected {
     fn into_bytes(self) -> Bytes {
         match self {
             Self::Empty => Bytes::new(),
-            Self::One(b) => b,
+            // A chunk is a view of the connection's read buffer (8 KiB and
+            // more): kept as it is, a cached 1 KB body would hold all of
+            // it for as long as it is cached. One copy per fetch instead.
+            Self::One(b) => Bytes::copy_from_slice(&b),
             Self::Many(b) => b.freeze(),
         }
     }
