@@ -175,10 +175,12 @@ fn with_data(state: &Shared, c: &ChangeEvent) -> String {
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event"),
         ("last_event_id" = Option<u64>, Query, description = "Resume after this event (for a browser's EventSource; the header wins)"),
         ("include" = Option<String>, Query, description = "`data`: each change carries the new value (up to event_data_max_bytes, else data_omitted)"),
+        ("token" = Option<String>, Query, description = "The read token, when [server] read_token_env is set (an EventSource sends no headers)"),
     ),
     responses(
         (status = 200, description = "An event stream", content_type = "text/event-stream"),
         (status = 400, description = "A query string that is not UTF-8", body = super::openapi::ErrorBody),
+        (status = 401, description = "No read token (`read_token_required`)", body = super::openapi::ErrorBody),
         (status = 421, description = "A Host not in allowed_hosts", body = super::openapi::ErrorBody),
     ))]
 pub(crate) async fn events(
