@@ -343,6 +343,15 @@ async fn passthrough_forwards_other_paths_uncached_without_the_daemons_credentia
         assert_eq!(r.text().await.unwrap(), "PUT ping x=1&y=%20 payload");
     }
     assert_eq!(api.calls("legacy/ping"), 2, "never cached");
+    // The daemon's own namespace is never forwarded.
+    let r = http()
+        .get(d.url("/v1/nothing-here"))
+        .header("x-revalidate-token", "read-token-xyz")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "not_found");
     for h in api.headers_of("legacy/ping") {
         assert!(h.contains_key("x-trace"));
         assert!(

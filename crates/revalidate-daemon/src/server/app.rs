@@ -129,7 +129,8 @@ pub(crate) async fn fallback(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let Some(action) = state.app.get(&method, uri.path()) else {
-        if state.passthrough {
+        // `/v1/…` is the daemon's own namespace, passthrough or not.
+        if state.passthrough && !is_daemon_path(uri.path()) {
             return passthrough(&state, &reader, method, &uri, &headers, body).await;
         }
         if state.app.paths.contains(uri.path()) {
