@@ -114,6 +114,9 @@ where
             } else {
                 "0"
             })
+            .arg(holding.updated_at.map_or(-1, |t| {
+                i64::try_from(crate::rt::unix_millis(t)).unwrap_or(i64::MAX)
+            }))
             .invoke_async(&mut self.conn.clone())
             .await?;
         parse_acquired(answer)

@@ -21,12 +21,16 @@
 
 use redis::Script;
 
-/// Before a fetch: adopt the shared value if it is fresh (and at least as
-/// new as the node's), else take the lease and fetch, else report the
-/// holder's remaining time.
+/// Before a fetch: adopt the shared value if it is fresh and newer than
+/// the node's (a newer version, or the same one confirmed since: `u` more
+/// than 50 ms, clock rounding, after the node's), else take the lease and
+/// fetch, else report the holder's remaining time. A node that already
+/// holds the shared value is due by its own schedule (its jitter may fall
+/// before the value turns stale): it fetches rather than adopt what it has.
 ///
 /// KEYS: entry, lease. ARGV: owner, fresh_ms (-1: never stale by time),
-/// lease_ttl_ms, held version, invalidated (`1`/`0`).
+/// lease_ttl_ms, held version, invalidated (`1`/`0`), held updated_at
+/// (Unix ms, -1: none).
 /// Returns `{'adopt', v, u, d}`, `{'fetch', v}` or `{'busy', pttl}`.
 pub(super) const ACQUIRE: &str = r#"
 local t = redis.call('TIME')
@@ -36,7 +40,8 @@ local v = tonumber(e[1] or '0') or 0
 local u = tonumber(e[2] or '0') or 0
 local fresh_ms = tonumber(ARGV[2])
 local held = tonumber(ARGV[4])
-if v > 0 and v >= held and ARGV[5] == '0' and (fresh_ms < 0 or now - u < fresh_ms) then
+local newer = v > held or u > tonumber(ARGV[6]) + 50
+if v > 0 and v >= held and newer and ARGV[5] == '0' and (fresh_ms < 0 or now - u < fresh_ms) then
   return {'adopt', v, u, redis.call('HGET', KEYS[1], 'd')}
 end
 local holder = redis.call('GET', KEYS[2])
