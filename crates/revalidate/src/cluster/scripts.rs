@@ -88,17 +88,25 @@ return {'version', newv, now}
 
 /// A node's own write: `write` (the application's `set_data`: it wins,
 /// with a version above the shared one) or `sync` (reconciliation after a
-/// partition: only if the node's version is newer).
+/// partition: only if the node's version is newer). Nodes apart number
+/// their versions alone, so a `sync` can meet the same version with other
+/// data: the node's data then gets the next version (one version, one
+/// value, on every node).
 ///
 /// KEYS: entry, feed. ARGV: node version, payload, digest, query key, node
 /// id, feed length, entry ttl ms, mode (`write`/`sync`), updated_at ms (0:
-/// now). Returns `{'version', v}` or `{'older', v}` (the shared one is
-/// newer: adopt it).
+/// now). Returns `{'version', v}` (the node's data is at `v` now),
+/// `{'older', v}` (the shared one is newer: adopt it) or `{'same', v}`
+/// (`sync` of the data Redis holds at that version).
 pub(super) const PUT: &str = r#"
 local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0') or 0
 local lv = tonumber(ARGV[1])
-if ARGV[8] == 'sync' and v >= lv then return {'older', v} end
 local newv = lv
+if ARGV[8] == 'sync' and v > lv then return {'older', v} end
+if ARGV[8] == 'sync' and v == lv then
+  if redis.call('HGET', KEYS[1], 'h') == ARGV[3] then return {'same', v} end
+  newv = v + 1
+end
 if ARGV[8] == 'write' then newv = math.max(v + 1, lv) end
 local u = tonumber(ARGV[9])
 if u == 0 then
