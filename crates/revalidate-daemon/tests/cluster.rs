@@ -402,6 +402,9 @@ fn http() -> reqwest::Client {
 struct Read {
     version: u64,
     n: u64,
+    /// How old the value was when read (ms): from the upstream's answer
+    /// (its `at`, a changing source) to the read's answer.
+    age_ms: Option<f64>,
     cache_status: String,
 }
 
@@ -437,9 +440,11 @@ impl Reader {
             return Err(format!("{}: GET {url}: {status} {text}", self.name));
         }
         let body: Value = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
+        let now = unix_ms();
         Ok(Read {
             version,
             n: body["n"].as_u64().unwrap_or(0),
+            age_ms: body["at"].as_u64().map(|at| now.saturating_sub(at) as f64),
             cache_status,
         })
     }
@@ -564,6 +569,8 @@ struct Sight {
     version: u64,
     /// The value, for reads (change events do not carry it).
     n: Option<u64>,
+    /// Its age when read (reads of a changing source).
+    age_ms: Option<f64>,
     at: Instant,
     via: &'static str,
 }
@@ -661,6 +668,7 @@ impl Traffic {
                                     id,
                                     version: read.version,
                                     n: Some(read.n),
+                                    age_ms: read.age_ms,
                                     at: Instant::now(),
                                     via: "read",
                                 });
@@ -715,6 +723,7 @@ async fn listen(r: Reader, stop: Arc<AtomicBool>, seen: Seen) {
             id,
             version: ev.data["version"].as_u64().unwrap_or(0),
             n: None,
+            age_ms: None,
             at: Instant::now(),
             via: "change",
         });
@@ -1515,4 +1524,437 @@ async fn a_node_started_without_redis_runs_alone_then_joins_when_it_appears() {
     a.read(2).await;
     assert_eq!(source.fetches(&key(1)), 1, "B adopted what A fetched alone");
     assert_eq!(source.fetches(&key(2)), 1, "A adopted what B fetched");
+}
+
+// --- The benchmark ---------------------------------------------------------------
+
+/// Median and range of `xs`, formatted with `f`.
+fn median_range(xs: &[f64], f: impl Fn(f64) -> String) -> String {
+    if xs.len() == 1 {
+        return f(xs[0]);
+    }
+    format!(
+        "{} ({}–{})",
+        f(quantile(xs, 0.5)),
+        f(quantile(xs, 0.0)),
+        f(quantile(xs, 1.0))
+    )
+}
+
+/// `n` sequential reads of `id` on `r`: their latencies in µs.
+async fn read_latencies(r: &Reader, id: u32, n: usize) -> Vec<f64> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        r.read(id).await.unwrap();
+        out.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    out
+}
+
+/// One run's figures.
+#[derive(Debug, Default, Clone)]
+struct BenchRun {
+    calls_together: f64,
+    calls_apart: f64,
+    age_together: (f64, f64),
+    age_apart: (f64, f64),
+    hit_with: (f64, f64),
+    hit_without: (f64, f64),
+    redis_hit: (f64, f64),
+    upstream_miss: (f64, f64),
+    trips: f64,
+    propagation: (f64, f64),
+    samples: usize,
+}
+
+async fn bench_run(secs: u64) -> Option<BenchRun> {
+    let redis = Redis::start()?;
+    let source = Source::start(true).await;
+    let setup = Setup::default();
+    let cluster = three(&source, &setup, Some(&redis)).await;
+    let alone = three_named(&source, &setup, None, ["solo-a", "solo-b", "solo-c"]).await;
+    let ids: Vec<u32> = (1..=10).collect();
+    let all: Vec<&Node> = cluster.iter().chain(&alone).collect();
+    for n in &all {
+        for &id in &ids {
+            n.read(id).await;
+        }
+    }
+    let mut trips0 = 0;
+    for n in &cluster {
+        trips0 += n.reader.cluster().await["round_trips"].as_u64().unwrap();
+    }
+    let started = Instant::now();
+    let traffic = Traffic::start(&all, &ids, Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_secs(secs).saturating_sub(started.elapsed())).await;
+    let seen = traffic.stop().await;
+    let ended = Instant::now();
+    let mut trips1 = 0;
+    for n in &cluster {
+        trips1 += n.reader.cluster().await["round_trips"].as_u64().unwrap();
+    }
+    assert!(
+        seen.failures.lock().is_empty(),
+        "{:?}",
+        seen.failures.lock()
+    );
+    let windows = (ended - started).as_secs_f64();
+    let answers = source.answers();
+    let in_run = |a: &&Answered| a.at >= started && a.at <= ended;
+    let together = answers
+        .iter()
+        .filter(in_run)
+        .filter(|a| !a.node.starts_with("solo-"))
+        .count();
+    let apart = answers
+        .iter()
+        .filter(in_run)
+        .filter(|a| a.node.starts_with("solo-"))
+        .count();
+    let ages = |solo: bool| {
+        let v: Vec<f64> = seen
+            .all()
+            .iter()
+            .filter(|s| s.via == "read" && s.node.starts_with("solo-") == solo)
+            .filter_map(|s| s.age_ms)
+            .collect();
+        (quantile(&v, 0.5), quantile(&v, 0.99))
+    };
+    let mut delays = Vec::new();
+    for n in &cluster {
+        delays.extend(propagation_delays(&source, &seen, &n.name));
+    }
+    let mut run = BenchRun {
+        calls_together: together as f64 / ids.len() as f64 / windows,
+        calls_apart: apart as f64 / ids.len() as f64 / windows,
+        age_together: ages(false),
+        age_apart: ages(true),
+        trips: (trips1 - trips0) as f64 / together.max(1) as f64,
+        propagation: (quantile(&delays, 0.5), quantile(&delays, 0.99)),
+        samples: delays.len(),
+        ..BenchRun::default()
+    };
+
+    // Memory hits, with and without [cluster], in alternating batches.
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        with.extend(read_latencies(&cluster[0].reader, 1, 200).await);
+        without.extend(read_latencies(&alone[0].reader, 1, 200).await);
+    }
+    run.hit_with = (quantile(&with, 0.5), quantile(&with, 0.99));
+    run.hit_without = (quantile(&without, 0.5), quantile(&without, 0.99));
+    // A Redis hit: the key is in Redis (A fetched it) but not in B's memory.
+    let (mut redis_hits, mut misses) = (Vec::new(), Vec::new());
+    for id in 1000..1300 {
+        misses.extend(read_latencies(&cluster[0].reader, id, 1).await);
+        redis_hits.extend(read_latencies(&cluster[1].reader, id, 1).await);
+    }
+    let cold: std::collections::HashSet<String> = (1000..1300).map(key).collect();
+    let fetched_by_b = source
+        .answers()
+        .iter()
+        .filter(|a| a.node == "b" && cold.contains(&a.key))
+        .count();
+    assert_eq!(fetched_by_b, 0, "B's first reads were Redis hits");
+    run.redis_hit = (quantile(&redis_hits, 0.5), quantile(&redis_hits, 0.99));
+    run.upstream_miss = (quantile(&misses, 0.5), quantile(&misses, 0.99));
+    eprintln!("run: {run:?}");
+    Some(run)
+}
+
+/// The figures of `BENCHMARKS.md`'s "Several nodes on Redis": `RUNS` runs
+/// (default 3) of `SECS` seconds (default 20) each, printed as a Markdown
+/// table of medians and ranges. `bench/cluster.sh` runs it on a release
+/// build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: bench/cluster.sh"]
+async fn bench_several_nodes() {
+    let _serial = SERIAL.lock().await;
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (runs, secs) = (env("RUNS", 3), env("SECS", 20));
+    let mut all = Vec::new();
+    for i in 0..runs {
+        eprintln!("run {}/{runs} ({secs} s)", i + 1);
+        let Some(run) = bench_run(secs).await else {
+            return;
+        };
+        all.push(run);
+    }
+    let col = |f: &dyn Fn(&BenchRun) -> f64| all.iter().map(f).collect::<Vec<f64>>();
+    let n2 = |x: f64| format!("{x:.2}");
+    let n0 = |x: f64| format!("{x:.0}");
+    let n1 = |x: f64| format!("{x:.1}");
+    println!(
+        "| measure | 3 nodes with `[cluster]` | 3 nodes alone |\n|---|---:|---:|\n\
+         | upstream calls per key per 1 s window | {} | {} |\n\
+         | age at read, p50 (ms) | {} | {} |\n\
+         | age at read, p99 (ms) | {} | {} |\n\
+         | memory hit over HTTP, p50 (µs) | {} | {} |\n\
+         | memory hit over HTTP, p99 (µs) | {} | {} |\n\
+         | Redis hit (in Redis, not in the node's memory), p50 (µs) | {} | — |\n\
+         | Redis hit, p99 (µs) | {} | — |\n\
+         | upstream miss (for scale), p50 (µs) | {} | — |\n\
+         | Redis round trips per refresh | {} | — |\n\
+         | propagation to the other nodes' SSE, p50 (ms) | {} | — |\n\
+         | propagation, p99 (ms) | {} | — |\n\n\
+         Medians of {runs} runs of {secs} s (ranges in parentheses); {} propagation samples per run (median).",
+        median_range(&col(&|r| r.calls_together), n2),
+        median_range(&col(&|r| r.calls_apart), n2),
+        median_range(&col(&|r| r.age_together.0), n0),
+        median_range(&col(&|r| r.age_apart.0), n0),
+        median_range(&col(&|r| r.age_together.1), n0),
+        median_range(&col(&|r| r.age_apart.1), n0),
+        median_range(&col(&|r| r.hit_with.0), n0),
+        median_range(&col(&|r| r.hit_without.0), n0),
+        median_range(&col(&|r| r.hit_with.1), n0),
+        median_range(&col(&|r| r.hit_without.1), n0),
+        median_range(&col(&|r| r.redis_hit.0), n0),
+        median_range(&col(&|r| r.redis_hit.1), n0),
+        median_range(&col(&|r| r.upstream_miss.0), n0),
+        median_range(&col(&|r| r.trips), n2),
+        median_range(&col(&|r| r.propagation.0), n1),
+        median_range(&col(&|r| r.propagation.1), n1),
+        quantile(&col(&|r| r.samples as f64), 0.5),
+    );
+}
+
+// --- The benchmark ---------------------------------------------------------------
+
+/// Median and range of `xs`, formatted with `f`.
+fn median_range(xs: &[f64], f: impl Fn(f64) -> String) -> String {
+    if xs.len() == 1 {
+        return f(xs[0]);
+    }
+    format!(
+        "{} ({}–{})",
+        f(quantile(xs, 0.5)),
+        f(quantile(xs, 0.0)),
+        f(quantile(xs, 1.0))
+    )
+}
+
+/// `n` sequential reads of `id` on `r`: their latencies in µs.
+async fn read_latencies(r: &Reader, id: u32, n: usize) -> Vec<f64> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        r.read(id).await.unwrap();
+        out.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    out
+}
+
+/// One run's figures.
+#[derive(Debug, Default, Clone)]
+struct BenchRun {
+    calls_together: f64,
+    calls_apart: f64,
+    age_together: (f64, f64),
+    age_apart: (f64, f64),
+    hit_with: (f64, f64),
+    hit_without: (f64, f64),
+    redis_hit: (f64, f64),
+    upstream_miss: (f64, f64),
+    trips: f64,
+    propagation: (f64, f64),
+    samples: usize,
+}
+
+async fn bench_run(secs: u64) -> Option<BenchRun> {
+    let redis = Redis::start()?;
+    let source = Source::start(true).await;
+    let setup = Setup::default();
+    let cluster = three(&source, &setup, Some(&redis)).await;
+    let alone = three_named(&source, &setup, None, ["solo-a", "solo-b", "solo-c"]).await;
+    let ids: Vec<u32> = (1..=10).collect();
+    let all: Vec<&Node> = cluster.iter().chain(&alone).collect();
+    for n in &all {
+        for &id in &ids {
+            n.read(id).await;
+        }
+    }
+    let mut trips0 = 0;
+    for n in &cluster {
+        trips0 += n.reader.cluster().await["round_trips"].as_u64().unwrap();
+    }
+    let started = Instant::now();
+    let traffic = Traffic::start(&all, &ids, Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_secs(secs).saturating_sub(started.elapsed())).await;
+    let seen = traffic.stop().await;
+    let ended = Instant::now();
+    let mut trips1 = 0;
+    for n in &cluster {
+        trips1 += n.reader.cluster().await["round_trips"].as_u64().unwrap();
+    }
+    assert!(
+        seen.failures.lock().is_empty(),
+        "{:?}",
+        seen.failures.lock()
+    );
+    let windows = (ended - started).as_secs_f64();
+    let answers = source.answers();
+    let in_run = |a: &&Answered| a.at >= started && a.at <= ended;
+    let together = answers
+        .iter()
+        .filter(in_run)
+        .filter(|a| !a.node.starts_with("solo-"))
+        .count();
+    let apart = answers
+        .iter()
+        .filter(in_run)
+        .filter(|a| a.node.starts_with("solo-"))
+        .count();
+    let ages = |solo: bool| {
+        let v: Vec<f64> = seen
+            .all()
+            .iter()
+            .filter(|s| s.via == "read" && s.node.starts_with("solo-") == solo)
+            .filter_map(|s| s.age_ms)
+            .collect();
+        (quantile(&v, 0.5), quantile(&v, 0.99))
+    };
+    let mut delays = Vec::new();
+    for n in &cluster {
+        delays.extend(propagation_delays(&source, &seen, &n.name));
+    }
+    let mut run = BenchRun {
+        calls_together: together as f64 / ids.len() as f64 / windows,
+        calls_apart: apart as f64 / ids.len() as f64 / windows,
+        age_together: ages(false),
+        age_apart: ages(true),
+        trips: (trips1 - trips0) as f64 / together.max(1) as f64,
+        propagation: (quantile(&delays, 0.5), quantile(&delays, 0.99)),
+        samples: delays.len(),
+        ..BenchRun::default()
+    };
+
+    // Memory hits, with and without [cluster], in alternating batches.
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        with.extend(read_latencies(&cluster[0].reader, 1, 200).await);
+        without.extend(read_latencies(&alone[0].reader, 1, 200).await);
+    }
+    run.hit_with = (quantile(&with, 0.5), quantile(&with, 0.99));
+    run.hit_without = (quantile(&without, 0.5), quantile(&without, 0.99));
+    // A Redis hit: the key is in Redis (A fetched it) but not in B's memory.
+    let (mut redis_hits, mut misses) = (Vec::new(), Vec::new());
+    for id in 1000..1300 {
+        misses.extend(read_latencies(&cluster[0].reader, id, 1).await);
+        redis_hits.extend(read_latencies(&cluster[1].reader, id, 1).await);
+    }
+    let cold: std::collections::HashSet<String> = (1000..1300).map(key).collect();
+    let fetched_by_b = source
+        .answers()
+        .iter()
+        .filter(|a| a.node == "b" && cold.contains(&a.key))
+        .count();
+    assert_eq!(fetched_by_b, 0, "B's first reads were Redis hits");
+    run.redis_hit = (quantile(&redis_hits, 0.5), quantile(&redis_hits, 0.99));
+    run.upstream_miss = (quantile(&misses, 0.5), quantile(&misses, 0.99));
+    eprintln!("run: {run:?}");
+    Some(run)
+}
+
+/// The figures of `BENCHMARKS.md`'s "Several nodes on Redis": `RUNS` runs
+/// (default 3) of `SECS` seconds (default 20) each, printed as a Markdown
+/// table of medians and ranges. `bench/cluster.sh` runs it on a release
+/// build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: bench/cluster.sh"]
+async fn bench_several_nodes() {
+    let _serial = SERIAL.lock().await;
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (runs, secs) = (env("RUNS", 3), env("SECS", 20));
+    let mut all = Vec::new();
+    for i in 0..runs {
+        eprintln!("run {}/{runs} ({secs} s)", i + 1);
+        let Some(run) = bench_run(secs).await else {
+            return;
+        };
+        all.push(run);
+    }
+    let col = |f: &dyn Fn(&BenchRun) -> f64| all.iter().map(f).collect::<Vec<f64>>();
+    let n2 = |x: f64| format!("{x:.2}");
+    let n0 = |x: f64| format!("{x:.0}");
+    let n1 = |x: f64| format!("{x:.1}");
+    println!(
+        "| measure | 3 nodes with `[cluster]` | 3 nodes alone |\n|---|---:|---:|\n\
+         | upstream calls per key per 1 s window | {} | {} |\n\
+         | age at read, p50 (ms) | {} | {} |\n\
+         | age at read, p99 (ms) | {} | {} |\n\
+         | memory hit over HTTP, p50 (µs) | {} | {} |\n\
+         | memory hit over HTTP, p99 (µs) | {} | {} |\n\
+         | Redis hit (in Redis, not in the node's memory), p50 (µs) | {} | — |\n\
+         | Redis hit, p99 (µs) | {} | — |\n\
+         | upstream miss (for scale), p50 (µs) | {} | — |\n\
+         | Redis round trips per refresh | {} | — |\n\
+         | propagation to the other nodes' SSE, p50 (ms) | {} | — |\n\
+         | propagation, p99 (ms) | {} | — |\n\n\
+         Medians of {runs} runs of {secs} s (ranges in parentheses); {} propagation samples per run (median).",
+        median_range(&col(&|r| r.calls_together), n2),
+        median_range(&col(&|r| r.calls_apart), n2),
+        median_range(&col(&|r| r.age_together.0), n0),
+        median_range(&col(&|r| r.age_apart.0), n0),
+        median_range(&col(&|r| r.age_together.1), n0),
+        median_range(&col(&|r| r.age_apart.1), n0),
+        median_range(&col(&|r| r.hit_with.0), n0),
+        median_range(&col(&|r| r.hit_without.0), n0),
+        median_range(&col(&|r| r.hit_with.1), n0),
+        median_range(&col(&|r| r.hit_without.1), n0),
+        median_range(&col(&|r| r.redis_hit.0), n0),
+        median_range(&col(&|r| r.redis_hit.1), n0),
+        median_range(&col(&|r| r.upstream_miss.0), n0),
+        median_range(&col(&|r| r.trips), n2),
+        median_range(&col(&|r| r.propagation.0), n1),
+        median_range(&col(&|r| r.propagation.1), n1),
+        quantile(&col(&|r| r.samples as f64), 0.5),
+    );
+}
+
+/// Nodes whose checks fall at the same instants (started together, a check
+/// interval longer than the staleness, the key read on all three at once):
+/// one fetches, the others adopt its result, even when they hear it just
+/// before their own turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_whose_checks_coincide_fetch_a_key_once_between_them() {
+    let _serial = SERIAL.lock().await;
+    let Some(redis) = Redis::start() else { return };
+    let source = Source::start(true).await;
+    let setup = Setup {
+        staleness: "500ms",
+        check_interval: "2s",
+        ..Setup::default()
+    };
+    let nodes = three(&source, &setup, Some(&redis)).await;
+    for id in [1, 2, 3] {
+        let (a, b, c) = tokio::join!(nodes[0].read(id), nodes[1].read(id), nodes[2].read(id));
+        assert_eq!((a.n, b.n), (c.n, c.n));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let windows = started.elapsed().as_secs_f64() / 2.0;
+    for id in [1, 2, 3] {
+        let fetches = source.fetches_since(&key(id), started);
+        let by: Vec<&str> = fetches.iter().map(|a| a.node.as_str()).collect();
+        eprintln!(
+            "item {id}: {} fetches in {windows:.0} check windows: {by:?}",
+            by.len()
+        );
+        assert!(
+            (by.len() as f64) <= windows * 1.2 + 1.0,
+            "item {id}: {} fetches in {windows:.0} check windows: {by:?}",
+            by.len()
+        );
+    }
 }
