@@ -93,6 +93,7 @@ where
         &self,
         key: &QueryKey,
         holding: &Holding,
+        no_adopt: bool,
     ) -> Result<Acquired, redis::RedisError> {
         let fresh_ms: i64 = match holding.staleness {
             Staleness::Never => -1,
@@ -109,7 +110,7 @@ where
             .arg(fresh_ms)
             .arg(u64::try_from(self.options.lease_ttl.as_millis()).unwrap_or(u64::MAX))
             .arg(holding.version)
-            .arg(if holding.invalidated || holding.forced {
+            .arg(if holding.invalidated || holding.forced || no_adopt {
                 "1"
             } else {
                 "0"
@@ -141,11 +142,20 @@ where
             return s.alone();
         }
         let give_up = crate::rt::Instant::now() + s.options.lease_ttl * 2;
+        let mut no_adopt = false;
         loop {
-            match s.acquire_once(key, holding).await {
+            match s.acquire_once(key, holding, no_adopt).await {
                 Err(e) => {
                     s.lost(&e);
                     return s.alone();
+                }
+                // This node numbered its data alone at that very version
+                // (not reconciled yet): adopting the shared value would
+                // change the data under an unchanged version. Fetch.
+                Ok(Acquired::Adopt(version, ..))
+                    if version == holding.version && s.dirty.lock().contains(key) =>
+                {
+                    no_adopt = true;
                 }
                 Ok(Acquired::Adopt(version, at_ms, payload)) => match s.codec.decode(key, &payload)
                 {

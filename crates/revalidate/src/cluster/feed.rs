@@ -331,14 +331,32 @@ where
                 .confirm(key, shared_v, unix_ms_to_time(shared_u));
             return Ok(());
         }
-        let answer: (String, u64) = s
+        if self.put_sync(conn, key, &local, &payload).await? == "older" {
+            self.take(conn, key).await?;
+        }
+        Ok(())
+    }
+
+    /// `PUT` in `sync` mode of this node's `local` data (`payload`): what
+    /// the script answered. Two nodes apart may have given one version to
+    /// different data: this node's then has the next one, as on every node
+    /// that hears it.
+    async fn put_sync(
+        &self,
+        conn: &mut MultiplexedConnection,
+        key: &QueryKey,
+        local: &crate::client::Snapshot<V>,
+        payload: &[u8],
+    ) -> Result<String, redis::RedisError> {
+        let s = &self.shared;
+        let (tag, numbered): (String, u64) = s
             .scripts
             .put
             .key(s.key("e", key))
             .key(s.feed_key())
             .arg(local.version)
-            .arg(&payload)
-            .arg(&local_h)
+            .arg(payload)
+            .arg(digest(payload))
             .arg(key.text())
             .arg(&s.options.node_id)
             .arg(s.options.feed_len)
@@ -347,18 +365,10 @@ where
             .arg(crate::rt::unix_millis(local.updated_at))
             .invoke_async(conn)
             .await?;
-        match answer {
-            (tag, _) if tag == "older" => {
-                self.take(conn, key).await?;
-            }
-            // Two nodes apart gave one version to different data: this
-            // node's now has the next one, as on every node that hears it.
-            (tag, numbered) if tag == "version" && numbered > local.version => {
-                self.client.inner.renumber(key, local.version, numbered);
-            }
-            _ => {}
+        if tag == "version" && numbered > local.version {
+            self.client.inner.renumber(key, local.version, numbered);
         }
-        Ok(())
+        Ok(tag)
     }
 
     /// Applies Redis's value of `key` here.
@@ -378,6 +388,20 @@ where
         let (Some(v), Some(u), Some(d)) = (v, u, d) else {
             return Ok(false);
         };
+        // The same version with other data: this node numbered its data
+        // alone (Redis was away, or around a rejoin). Taking Redis's would
+        // change the data under an unchanged version: push this node's
+        // instead, which `PUT` gives the next version.
+        if let Some(local) = self.client.inner.snapshot(key)
+            && local.version == v
+            && let Ok(payload) = s.codec.encode(key, &local.value)
+            && payload.len() <= s.options.max_payload_bytes
+            && digest(&payload) != digest(&d)
+        {
+            self.put_sync(conn, key, &local, &payload).await?;
+            s.dirty.lock().remove(key);
+            return Ok(false);
+        }
         match s.codec.decode(key, &d) {
             Ok(value) => Ok(self
                 .client
