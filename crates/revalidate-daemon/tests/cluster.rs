@@ -1766,3 +1766,40 @@ async fn nodes_whose_checks_coincide_fetch_a_key_once_between_them() {
         );
     }
 }
+
+/// A shared value that does not decode (another application's, or a
+/// corrupted one): the node that meets it fetches, and its result replaces
+/// it in Redis with a higher version, so the other nodes adopt it rather
+/// than each fetch alone and number versions of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_value_that_does_not_decode_is_replaced_by_the_next_fetch() {
+    let _serial = SERIAL.lock().await;
+    let Some(redis) = Redis::start() else { return };
+    let source = Source::start(false).await;
+    let setup = Setup {
+        staleness: "1m",
+        ..Setup::default()
+    };
+    let nodes = three(&source, &setup, Some(&redis)).await;
+    let now = unix_ms().to_string();
+    // The key's text has a NUL between the action and the parameters.
+    let script = "redis.call('HSET', 'shop:e:item.get' .. string.char(0) .. ARGV[1], \
+                  'v', 5, 'u', ARGV[2], 'd', 'not a payload', 'h', '0')";
+    redis.cli(&["EVAL", script, "0", "{\"id\":\"5\"}", &now]);
+    let first = nodes[0].read(5).await;
+    assert_eq!(source.fetches(&key(5)), 1);
+    for n in &nodes[1..] {
+        let hit = n.read(5).await;
+        assert_eq!((hit.n, hit.version), (first.n, first.version), "{}", n.name);
+    }
+    assert_eq!(
+        source.fetches(&key(5)),
+        1,
+        "the others adopted the replacement"
+    );
+    assert!(
+        first.version > 5,
+        "above the undecodable version: {}",
+        first.version
+    );
+}
