@@ -23,10 +23,11 @@ pub(crate) const READ_TOKEN_HEADER: HeaderName = HeaderName::from_static("x-reva
 #[derive(Debug)]
 pub(crate) struct Reader {
     pub(crate) caller: Option<Caller>,
-    /// The caller's headers that are the daemon's business only (the read
-    /// token; an identity header from someone not trusted to set it), never
-    /// forwarded upstream.
-    pub(crate) private_headers: Vec<HeaderName>,
+    /// The caller's headers that are the daemon's business only beyond the
+    /// read token's own (an `Authorization` that carried the read token; an
+    /// identity header from someone not trusted to set it). See
+    /// [`Reader::private_headers`].
+    extra_private: Vec<HeaderName>,
 }
 
 /// Whether `a` and `b` are equal, in a time that depends on their lengths
@@ -63,7 +64,8 @@ impl FromRequestParts<AppState> for Reader {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let identities = state.upstream.identities();
-        let mut private_headers = vec![READ_TOKEN_HEADER];
+        // Empty (no allocation) on a plain read: most requests.
+        let mut extra_private = Vec::new();
         if let Some(token) = &state.read_token {
             let header = parts
                 .headers
@@ -81,7 +83,7 @@ impl FromRequestParts<AppState> for Reader {
                 return Err(ApiError::ReadTokenRequired);
             }
             if bearer.is_some_and(|b| same_token(b, token)) {
-                private_headers.push(header::AUTHORIZATION);
+                extra_private.push(header::AUTHORIZATION);
             }
         }
         let peer = parts
@@ -94,16 +96,26 @@ impl FromRequestParts<AppState> for Reader {
             && let Ok(name) = HeaderName::from_bytes(name.as_bytes())
         {
             // Someone other than the gateway set the gateway's header.
-            private_headers.push(name);
+            extra_private.push(name);
         }
         Ok(Self {
             caller,
-            private_headers,
+            extra_private,
         })
     }
 }
 
 impl Reader {
+    /// The caller's headers that are the daemon's business only (the read
+    /// token; an identity header from someone not trusted to set it), never
+    /// forwarded upstream. Built when something is forwarded, not per read.
+    pub(crate) fn private_headers(&self) -> Vec<HeaderName> {
+        let mut all = Vec::with_capacity(1 + self.extra_private.len());
+        all.push(READ_TOKEN_HEADER);
+        all.extend(self.extra_private.iter().cloned());
+        all
+    }
+
     /// The key `action` with `params` has for this caller: a per-user
     /// action's is the caller's own (whose credential is kept to refresh
     /// it); a shared one's is everyone's.

@@ -30,7 +30,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::Service as _;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -184,6 +183,34 @@ impl Drop for InFlight {
     }
 }
 
+/// A response body holding its request's [`InFlight`] until hyper drops it
+/// (finished or abandoned). A plain wrapper, not `Body::new(map_frame)`,
+/// which would box every response body a second time.
+struct Guarded {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// The socket, telling the connection's activity when bytes arrive.
 struct Tracked {
     io: TcpStream,
@@ -312,11 +339,9 @@ async fn serve_connection(
                     Err(never) => match never {},
                 };
                 // The request stays in flight until its body is finished.
-                Ok::<_, Infallible>(response.map(|body| {
-                    Body::new(body.map_frame(move |frame| {
-                        let _in_flight = &guard;
-                        frame
-                    }))
+                Ok::<_, Infallible>(response.map(|body| Guarded {
+                    body,
+                    _in_flight: guard,
                 }))
             }
         }

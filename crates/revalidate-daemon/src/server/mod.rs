@@ -86,9 +86,6 @@ pub(crate) fn router(state: AppState, max_body_bytes: usize, hosts: AllowedHosts
         .fallback(app::fallback)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(hosts),
-            host::check,
-        ))
+        .layer(host::HostCheckLayer::new(hosts))
         .with_state(state)
 }
