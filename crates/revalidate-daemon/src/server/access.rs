@@ -59,6 +59,67 @@ fn query_token(query: Option<&str>) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// Where a request carried the read token.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum TokenIn {
+    /// None is required.
+    NotRequired,
+    /// `Authorization: Bearer` (then that header is the daemon's only).
+    Bearer,
+    /// `X-Revalidate-Token`, or `?token=` on the change feed.
+    Elsewhere,
+}
+
+/// The read token check (`[server] read_token_env`), for any request with
+/// headers and a URI: a request or its parts.
+///
+/// # Errors
+///
+/// A token is required and the request carries none that matches: `401`.
+pub(crate) fn read_token<R: HasHead>(state: &AppState, request: &R) -> Result<TokenIn, ApiError> {
+    let Some(token) = &state.read_token else {
+        return Ok(TokenIn::NotRequired);
+    };
+    let (headers, uri) = request.head();
+    let header = headers
+        .get(&READ_TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok());
+    // `Authorization` is the caller's own credential when it is their
+    // identity: then it is never the read token.
+    let identities = state.upstream.identities();
+    let by_bearer = identities.is_none_or(|i| !i.uses_authorization());
+    let bearer = by_bearer.then(|| bearer(headers)).flatten();
+    let in_query = (uri.path() == "/v1/events")
+        .then(|| query_token(uri.query()))
+        .flatten();
+    let given = [header, bearer, in_query.as_deref()];
+    if !given.iter().flatten().any(|g| same_token(g, token)) {
+        return Err(ApiError::ReadTokenRequired);
+    }
+    Ok(if bearer.is_some_and(|b| same_token(b, token)) {
+        TokenIn::Bearer
+    } else {
+        TokenIn::Elsewhere
+    })
+}
+
+/// A request's head: its headers and URI.
+pub(crate) trait HasHead {
+    fn head(&self) -> (&HeaderMap, &axum::http::Uri);
+}
+
+impl HasHead for Parts {
+    fn head(&self) -> (&HeaderMap, &axum::http::Uri) {
+        (&self.headers, &self.uri)
+    }
+}
+
+impl<B> HasHead for axum::http::Request<B> {
+    fn head(&self) -> (&HeaderMap, &axum::http::Uri) {
+        (self.headers(), self.uri())
+    }
+}
+
 impl FromRequestParts<AppState> for Reader {
     type Rejection = ApiError;
 
@@ -66,25 +127,8 @@ impl FromRequestParts<AppState> for Reader {
         let identities = state.upstream.identities();
         // Empty (no allocation) on a plain read: most requests.
         let mut extra_private = Vec::new();
-        if let Some(token) = &state.read_token {
-            let header = parts
-                .headers
-                .get(&READ_TOKEN_HEADER)
-                .and_then(|v| v.to_str().ok());
-            // `Authorization` is the caller's own credential when it is
-            // their identity: then it is never the read token.
-            let by_bearer = identities.is_none_or(|i| !i.uses_authorization());
-            let bearer = by_bearer.then(|| bearer(&parts.headers)).flatten();
-            let in_query = (parts.uri.path() == "/v1/events")
-                .then(|| query_token(parts.uri.query()))
-                .flatten();
-            let given = [header, bearer, in_query.as_deref()];
-            if !given.iter().flatten().any(|g| same_token(g, token)) {
-                return Err(ApiError::ReadTokenRequired);
-            }
-            if bearer.is_some_and(|b| same_token(b, token)) {
-                extra_private.push(header::AUTHORIZATION);
-            }
+        if read_token(state, &*parts)? == TokenIn::Bearer {
+            extra_private.push(header::AUTHORIZATION);
         }
         let peer = parts
             .extensions

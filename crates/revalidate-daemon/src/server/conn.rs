@@ -28,8 +28,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
+use axum::http::Request;
+use axum::response::Response;
 use hyper::body::Incoming;
 use hyper::service::Service as _;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -39,6 +40,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
+use tower::Service;
 
 /// The limits of the accept loop.
 #[derive(Clone, Copy, Debug)]
@@ -263,10 +265,31 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// What the accept loop serves: axum's `Router` (the bench's floor), or the
+/// daemon's [`App`](super::App), its `Router` with a fast path for cached
+/// reads.
+pub(crate) trait Serve:
+    Service<Request<Incoming>, Response = Response, Error = Infallible, Future: Send>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> Serve for S where
+    S: Service<Request<Incoming>, Response = Response, Error = Infallible, Future: Send>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Accepts connections until `stop` turns true, serving each with `app`.
-pub(crate) async fn accept_loop(
+pub(crate) async fn accept_loop<A: Serve>(
     listener: TcpListener,
-    app: Router,
+    app: A,
     limits: Limits,
     connections: Arc<Connections>,
     mut stop: watch::Receiver<bool>,
@@ -310,10 +333,10 @@ pub(crate) async fn accept_loop(
     }
 }
 
-async fn serve_connection(
+async fn serve_connection<A: Serve>(
     stream: TcpStream,
     peer: std::net::SocketAddr,
-    app: Router,
+    app: A,
     builder: &auto::Builder<TokioExecutor>,
     limits: Limits,
     mut stop: watch::Receiver<bool>,

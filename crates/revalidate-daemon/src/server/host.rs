@@ -58,6 +58,21 @@ impl AllowedHosts {
     }
 }
 
+/// The host a request is for: the `Host` header, or the URI's authority
+/// (HTTP/2's `:authority`).
+fn host_of<B>(request: &Request<B>) -> Option<&str> {
+    request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+}
+
+/// Whether `request` is for a host in `hosts`.
+pub(crate) fn allowed<B>(hosts: &AllowedHosts, request: &Request<B>) -> bool {
+    host_of(request).is_some_and(|h| hosts.allows(h))
+}
+
 /// The check as a layer: `421` unless the request's host is allowed. The
 /// host is the `Host` header, or the URI's authority (HTTP/2's
 /// `:authority`). A hand-written service rather than
@@ -103,18 +118,13 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let host = request
-            .headers()
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .or_else(|| request.uri().authority().map(|a| a.as_str()));
-        match host {
-            Some(h) if self.allowed.allows(h) => Either::Left(self.inner.call(request)),
-            other => Either::Right(ready(Ok(ApiError::MisdirectedRequest {
-                host: other.unwrap_or_default().to_owned(),
-            }
-            .into_response()))),
+        if allowed(&self.allowed, &request) {
+            return Either::Left(self.inner.call(request));
         }
+        Either::Right(ready(Ok(ApiError::MisdirectedRequest {
+            host: host_of(&request).unwrap_or_default().to_owned(),
+        }
+        .into_response())))
     }
 }
 

@@ -152,6 +152,36 @@ pub(crate) async fn read(
     }
 }
 
+/// The hit of a plain read — `GET /v1/resources/{action}` of a shared action,
+/// no query string, no percent-encoding, an allowed `Host`, the read token
+/// if one is required — answered without axum's router (its per-request
+/// boxed services, extensions and path parameters cost more than the read
+/// itself). `None` for anything else, a miss included: the router's
+/// [`read`] then answers it, with every check and error it always had.
+pub(crate) fn fast_read<B>(
+    state: &AppState,
+    hosts: &super::AllowedHosts,
+    request: &axum::http::Request<B>,
+) -> Option<Response> {
+    if request.method() != axum::http::Method::GET || request.uri().query().is_some() {
+        return None;
+    }
+    let action = request.uri().path().strip_prefix("/v1/resources/")?;
+    if action.contains(['/', '%']) {
+        return None;
+    }
+    let key = state.upstream.bare_key(action)?;
+    if !super::host::allowed(hosts, request) {
+        return None;
+    }
+    if state.read_token.is_some() && super::access::read_token(state, request).is_err() {
+        return None;
+    }
+    let hit = state.client.get_cached_hit(key)?;
+    let condition = request.headers().typed_get::<IfNoneMatch>();
+    Some(answer(&hit, condition.as_ref()))
+}
+
 /// A request's `If-None-Match`, parsed (`None`: absent, or not a valid
 /// list). Reads take only this from the headers: taking the whole
 /// `HeaderMap` would copy it for every request.
@@ -261,8 +291,9 @@ pub(crate) fn answer(hit: &Hit<Payload>, condition: Option<&IfNoneMatch>) -> Res
     };
     let payload = &hit.value;
     let not_modified = condition.is_some_and(|c| is_not_modified(c, &payload.etag));
-    let mut response = if not_modified {
-        StatusCode::NOT_MODIFIED.into_response()
+    let (mut response, length) = if not_modified {
+        let r = StatusCode::NOT_MODIFIED.into_response();
+        (r, HeaderValue::from_static("0"))
     } else {
         let mut r = Response::new(Body::from(payload.body.clone()));
         let content_type = payload
@@ -270,13 +301,16 @@ pub(crate) fn answer(hit: &Hit<Payload>, condition: Option<&IfNoneMatch>) -> Res
             .clone()
             .unwrap_or(HeaderValue::from_static("application/json"));
         r.headers_mut().insert(header::CONTENT_TYPE, content_type);
-        r
+        (r, payload.content_length.clone())
     };
     let h = response.headers_mut();
     h.insert(header::AGE, age_value(hit.age.as_secs()));
     h.insert(CACHE_STATUS, HeaderValue::from_static(status));
     h.insert(header::ETAG, payload.etag.clone());
     h.insert(X_REVALIDATE_VERSION, payload.version_value(hit.version));
+    // What axum's router would add last, from the body's exact size; set
+    // here, it is prepared, and the same on the fast path (see `fast_read`).
+    h.insert(header::CONTENT_LENGTH, length);
     response
 }
 

@@ -55,6 +55,9 @@ pub(crate) struct Payload {
     /// The upstream's `Content-Type`, served again on the app's own paths
     /// (`None`: `application/json`).
     pub(crate) content_type: Option<HeaderValue>,
+    /// `Content-Length` of `body`, made once (axum would format it per
+    /// response).
+    pub(crate) content_length: HeaderValue,
     /// `X-Revalidate-Version` as served, made by the first hit of this
     /// value: a value keeps its version until it changes, so later hits
     /// clone it instead of formatting (and allocating) one each.
@@ -74,6 +77,7 @@ impl Payload {
             HeaderValue::from_str(&etag_of(&body)).expect("hex in quotes is a valid header value");
         Self {
             etag,
+            content_length: HeaderValue::from(body.len()),
             body,
             upstream_etag,
             content_type: None,
