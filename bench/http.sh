@@ -17,6 +17,9 @@
 #   nginx-ofc   the same plus `open_file_cache`, which keeps the cache file
 #               open between hits (without it every hit costs an
 #               open/fstat/pread/close of the cache file)
+#   before      optional: another revalidate binary (BEFORE_BIN, e.g. one
+#               built from an older commit) with revalidate's config, for a
+#               before/after in the same run
 #
 # The servers under test (and the idle upstream) are pinned to CPU 0, wrk to
 # CPU 1. Each target is warmed up and checked (body equals the upstream's
@@ -30,7 +33,8 @@
 #   RUNS [3]  DURATION [10s]  CONNECTIONS [50]  THREADS [1]  WARMUP [2s]
 #   TARGETS ["revalidate floor nginx nginx-ofc"]  SERVER_CPU [0]  CLIENT_CPU [1]
 #   REVALIDATE_BIN [target/release/revalidate]
-#   FLOOR_BIN [target/release/examples/floor]
+#   FLOOR_BIN [target/release/examples/floor]  BEFORE_BIN [none; needed by
+#   the target `before`]
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -44,6 +48,7 @@ SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 BIN=${REVALIDATE_BIN:-$ROOT/target/release/revalidate}
 FLOOR_BIN=${FLOOR_BIN:-$ROOT/target/release/examples/floor}
+BEFORE_BIN=${BEFORE_BIN:-}
 STALENESS=2s # the same for every cache
 
 log() { printf '[http.sh] %s\n' "$*" >&2; }
@@ -74,10 +79,14 @@ for t in "${TARGETS[@]}"; do
     log "missing: $FLOOR_BIN — cargo build --release -p revalidate-daemon --example floor"
     missing=1
   fi
+  if [[ $t == before && ! -x $BEFORE_BIN ]]; then
+    log "missing: BEFORE_BIN='$BEFORE_BIN' — the target 'before' needs a revalidate binary"
+    missing=1
+  fi
 done
 ((missing == 0)) || die "prerequisites missing (see above)"
 for t in "${TARGETS[@]}"; do
-  case $t in revalidate | floor | nginx | nginx-ofc) ;; *) die "unknown target '$t' (TARGETS: revalidate floor nginx nginx-ofc)" ;; esac
+  case $t in revalidate | floor | nginx | nginx-ofc | before) ;; *) die "unknown target '$t' (TARGETS: revalidate floor nginx nginx-ofc before)" ;; esac
 done
 [[ ${TARGETS[0]} == revalidate ]] || die "TARGETS must start with revalidate (the ratios are against it)"
 taskset -c "$SERVER_CPU" true 2>/dev/null || die "cannot pin to CPU $SERVER_CPU (set SERVER_CPU)"
@@ -114,7 +123,7 @@ cleanup() {
     stop_pid "${PIDS[i]}"
   done
   if ((rc != 0)); then
-    for f in "$TMP"/*/error.log "$TMP"/revalidate/stderr.log "$TMP"/floor/stderr.log; do
+    for f in "$TMP"/*/error.log "$TMP"/*/stderr.log; do
       [[ -s $f ]] || continue
       log "---- tail of $f"
       tail -n 20 "$f" >&2 || true
@@ -272,8 +281,9 @@ EOF
   wait_http "${URL[$name]}" "$name" "$LAST_PID"
 }
 
-start_revalidate() {
-  local port dir=$TMP/revalidate
+start_revalidate() { # start_revalidate [NAME BIN]
+  local name=${1:-revalidate} bin=${2:-$BIN} port dir
+  dir=$TMP/$name
   port=$(free_port)
   mkdir -p "$dir"
   cat >"$dir/revalidate.toml" <<EOF
@@ -294,16 +304,16 @@ item = "$STALENESS"
 [actions."item"]
 method = "GET"
 EOF
-  RUST_LOG=warn taskset -c "$SERVER_CPU" "$BIN" serve --config "$dir/revalidate.toml" \
+  RUST_LOG=warn taskset -c "$SERVER_CPU" "$bin" serve --config "$dir/revalidate.toml" \
     >"$dir/stdout.log" 2>"$dir/stderr.log" &
   PIDS+=($!)
-  PID[revalidate]=$!
-  URL[revalidate]="http://127.0.0.1:$port/v1/resources/item"
-  HEADER[revalidate]=Cache-Status
-  PATTERN[revalidate]='hit'
-  CONF[revalidate]=$dir/revalidate.toml
-  RPORT=$port
-  wait_http "http://127.0.0.1:$port/healthz" revalidate "${PID[revalidate]}"
+  PID[$name]=$!
+  URL[$name]="http://127.0.0.1:$port/v1/resources/item"
+  HEADER[$name]=Cache-Status
+  PATTERN[$name]='hit'
+  CONF[$name]=$dir/revalidate.toml
+  [[ $name != revalidate ]] || RPORT=$port
+  wait_http "http://127.0.0.1:$port/healthz" "$name" "${PID[$name]}"
 }
 
 start_floor() {
@@ -324,6 +334,10 @@ for t in "${TARGETS[@]}"; do
   revalidate)
     start_revalidate
     LABEL[$t]=$REVALIDATE_VERSION
+    ;;
+  before)
+    start_revalidate before "$BEFORE_BIN"
+    LABEL[$t]="before: $("$BEFORE_BIN" --version) ($BEFORE_BIN)"
     ;;
   floor)
     start_floor
@@ -367,7 +381,7 @@ OUT=$ROOT/bench/out/http-$STAMP
 mkdir -p "$OUT"
 cp "$U/nginx.conf" "$OUT/upstream.nginx.conf"
 for t in "${TARGETS[@]}"; do
-  case $t in revalidate) cp "${CONF[$t]}" "$OUT/revalidate.toml" ;; floor) ;; *) cp "${CONF[$t]}" "$OUT/$t.nginx.conf" ;; esac
+  case $t in revalidate) cp "${CONF[$t]}" "$OUT/revalidate.toml" ;; floor | before) ;; *) cp "${CONF[$t]}" "$OUT/$t.nginx.conf" ;; esac
 done
 
 WRK_ARGS=(-t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency)
@@ -383,7 +397,7 @@ fi
 CLK_TCK=$(getconf CLK_TCK)
 server_ticks() { # CPU ticks (user + system) used so far by a target's serving processes
   local t=$1 pids p sum=0 f
-  if [[ $t == revalidate || $t == floor ]]; then
+  if [[ $t == revalidate || $t == floor || $t == before ]]; then
     pids=${PID[$t]}
   else # nginx: the worker (the master only supervises; the cache manager idles)
     pids=$(ps -o pid=,args= --ppid "${PID[$t]}" | awk '/worker process/ { print $1 }')
@@ -508,6 +522,8 @@ CPU_MODEL=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/
   echo "CPU $SERVER_CPU, wrk to CPU $CLIENT_CPU. Server CPU / req: user + system time of the serving"
   echo "process (revalidate; the floor; the nginx worker) during a run, divided by the requests served."
   echo "floor: \`examples/floor\`, the daemon's runtime and accept loop serving the body from memory."
+  echo "floor: its axum \`Router\` and one handler; revalidate answers plain cached GETs without its router."
+  if [[ -n ${LABEL[before]:-} ]]; then echo "before: the same config as revalidate, another binary."; fi
   echo "nginx: \`worker_processes 1\`, \`proxy_cache_valid 200 $STALENESS\`, \`proxy_cache_use_stale"
   echo "updating error timeout\`, \`proxy_cache_background_update on\`, \`proxy_cache_lock on\`,"
   echo "upstream keepalive, \`keepalive_requests 1000000\`, otherwise nginx defaults (\`sendfile off\`);"
