@@ -107,7 +107,9 @@ impl tower::Service<axum::http::Request<hyper::body::Incoming>> for App {
     }
 }
 
-/// The daemon's routes, behind the `Host` check.
+/// The daemon's routes, behind the `Host` check. Plain cached reads do not
+/// pass through it (see [`App`]): a layer or check added here for data
+/// routes must also be made in [`resources::fast_read`].
 pub(crate) fn router(state: AppState, max_body_bytes: usize, hosts: AllowedHosts) -> Router {
     Router::new()
         .route("/", get(admin::dashboard))
