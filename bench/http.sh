@@ -7,24 +7,34 @@
 #
 # Targets (all at /v1/resources/item):
 #   revalidate  target/release/revalidate serve, staleness 2s, check_interval 1s
+#   floor       the daemon's HTTP stack with no cache: the same runtime and
+#               accept loop serving the upstream's body from memory
+#               (target/release/examples/floor; crates/revalidate-daemon/
+#               src/floor.rs): the ceiling of the framework on this machine
 #   nginx       proxy_cache, proxy_cache_valid 200 2s, use_stale updating,
 #               background_update, cache_lock, keepalive to the upstream;
 #               otherwise nginx's defaults (sendfile off)
 #   nginx-ofc   the same plus `open_file_cache`, which keeps the cache file
 #               open between hits (without it every hit costs an
 #               open/fstat/pread/close of the cache file)
+#   before      optional: another revalidate binary (BEFORE_BIN, e.g. one
+#               built from an older commit) with revalidate's config, for a
+#               before/after in the same run
 #
 # The servers under test (and the idle upstream) are pinned to CPU 0, wrk to
 # CPU 1. Each target is warmed up and checked (body equals the upstream's
 # JSON, the cache answers hits), then wrk runs RUNS times per target,
-# alternating targets (r, n, o, r, n, o, …). Prints a Markdown table of the
-# medians (req/s, p50, p99, server CPU time per request) and the ratios
-# revalidate / nginx; raw wrk outputs and configs go to bench/out/http-<time>/.
+# alternating targets (r, f, n, o, r, f, n, o, …). Prints a Markdown table of
+# the medians (req/s, p50, p99, server CPU time per request) with each run's
+# figures, and the ratios revalidate / each other target; raw wrk outputs and
+# configs go to bench/out/http-<time>/.
 #
 # Environment (defaults in brackets):
 #   RUNS [3]  DURATION [10s]  CONNECTIONS [50]  THREADS [1]  WARMUP [2s]
-#   TARGETS ["revalidate nginx nginx-ofc"]  SERVER_CPU [0]  CLIENT_CPU [1]
+#   TARGETS ["revalidate floor nginx nginx-ofc"]  SERVER_CPU [0]  CLIENT_CPU [1]
 #   REVALIDATE_BIN [target/release/revalidate]
+#   FLOOR_BIN [target/release/examples/floor]  BEFORE_BIN [none; needed by
+#   the target `before`]
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -33,10 +43,12 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-50}
 THREADS=${THREADS:-1}
 WARMUP=${WARMUP:-2s}
-read -r -a TARGETS <<<"${TARGETS:-revalidate nginx nginx-ofc}"
+read -r -a TARGETS <<<"${TARGETS:-revalidate floor nginx nginx-ofc}"
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 BIN=${REVALIDATE_BIN:-$ROOT/target/release/revalidate}
+FLOOR_BIN=${FLOOR_BIN:-$ROOT/target/release/examples/floor}
+BEFORE_BIN=${BEFORE_BIN:-}
 STALENESS=2s # the same for every cache
 
 log() { printf '[http.sh] %s\n' "$*" >&2; }
@@ -62,9 +74,19 @@ if [[ ! -x $BIN ]]; then
   log "missing: $BIN — cargo build --release -p revalidate-daemon"
   missing=1
 fi
+for t in "${TARGETS[@]}"; do
+  if [[ $t == floor && ! -x $FLOOR_BIN ]]; then
+    log "missing: $FLOOR_BIN — cargo build --release -p revalidate-daemon --example floor"
+    missing=1
+  fi
+  if [[ $t == before && ! -x $BEFORE_BIN ]]; then
+    log "missing: BEFORE_BIN='$BEFORE_BIN' — the target 'before' needs a revalidate binary"
+    missing=1
+  fi
+done
 ((missing == 0)) || die "prerequisites missing (see above)"
 for t in "${TARGETS[@]}"; do
-  case $t in revalidate | nginx | nginx-ofc) ;; *) die "unknown target '$t' (TARGETS: revalidate nginx nginx-ofc)" ;; esac
+  case $t in revalidate | floor | nginx | nginx-ofc | before) ;; *) die "unknown target '$t' (TARGETS: revalidate floor nginx nginx-ofc before)" ;; esac
 done
 [[ ${TARGETS[0]} == revalidate ]] || die "TARGETS must start with revalidate (the ratios are against it)"
 taskset -c "$SERVER_CPU" true 2>/dev/null || die "cannot pin to CPU $SERVER_CPU (set SERVER_CPU)"
@@ -101,7 +123,7 @@ cleanup() {
     stop_pid "${PIDS[i]}"
   done
   if ((rc != 0)); then
-    for f in "$TMP"/*/error.log "$TMP"/revalidate/stderr.log; do
+    for f in "$TMP"/*/error.log "$TMP"/*/stderr.log; do
       [[ -s $f ]] || continue
       log "---- tail of $f"
       tail -n 20 "$f" >&2 || true
@@ -259,8 +281,9 @@ EOF
   wait_http "${URL[$name]}" "$name" "$LAST_PID"
 }
 
-start_revalidate() {
-  local port dir=$TMP/revalidate
+start_revalidate() { # start_revalidate [NAME BIN]
+  local name=${1:-revalidate} bin=${2:-$BIN} port dir
+  dir=$TMP/$name
   port=$(free_port)
   mkdir -p "$dir"
   cat >"$dir/revalidate.toml" <<EOF
@@ -281,16 +304,29 @@ item = "$STALENESS"
 [actions."item"]
 method = "GET"
 EOF
-  RUST_LOG=warn taskset -c "$SERVER_CPU" "$BIN" serve --config "$dir/revalidate.toml" \
+  RUST_LOG=warn taskset -c "$SERVER_CPU" "$bin" serve --config "$dir/revalidate.toml" \
     >"$dir/stdout.log" 2>"$dir/stderr.log" &
   PIDS+=($!)
-  PID[revalidate]=$!
-  URL[revalidate]="http://127.0.0.1:$port/v1/resources/item"
-  HEADER[revalidate]=Cache-Status
-  PATTERN[revalidate]='hit'
-  CONF[revalidate]=$dir/revalidate.toml
-  RPORT=$port
-  wait_http "http://127.0.0.1:$port/healthz" revalidate "${PID[revalidate]}"
+  PID[$name]=$!
+  URL[$name]="http://127.0.0.1:$port/v1/resources/item"
+  HEADER[$name]=Cache-Status
+  PATTERN[$name]='hit'
+  CONF[$name]=$dir/revalidate.toml
+  [[ $name != revalidate ]] || RPORT=$port
+  wait_http "http://127.0.0.1:$port/healthz" "$name" "${PID[$name]}"
+}
+
+start_floor() {
+  local port dir=$TMP/floor
+  port=$(free_port)
+  mkdir -p "$dir"
+  taskset -c "$SERVER_CPU" "$FLOOR_BIN" "127.0.0.1:$port" "$BODY_FILE" \
+    >"$dir/stdout.log" 2>"$dir/stderr.log" &
+  PIDS+=($!)
+  PID[floor]=$!
+  URL[floor]="http://127.0.0.1:$port/v1/resources/item"
+  HEADER[floor]=""
+  wait_http "http://127.0.0.1:$port/healthz" floor "${PID[floor]}"
 }
 
 for t in "${TARGETS[@]}"; do
@@ -298,6 +334,14 @@ for t in "${TARGETS[@]}"; do
   revalidate)
     start_revalidate
     LABEL[$t]=$REVALIDATE_VERSION
+    ;;
+  before)
+    start_revalidate before "$BEFORE_BIN"
+    LABEL[$t]="before: $("$BEFORE_BIN" --version) ($BEFORE_BIN)"
+    ;;
+  floor)
+    start_floor
+    LABEL[$t]="floor (the same HTTP stack, a fixed body)"
     ;;
   nginx)
     start_nginx_cache nginx ""
@@ -316,6 +360,10 @@ check_hits() { # check_hits TARGET: a few reads; the body is the upstream's, the
   for ((i = 1; i <= 30; i++)); do
     curl -fsS -D "$TMP/headers" -o "$TMP/body" "${URL[$t]}" || die "$t: GET ${URL[$t]} failed"
     cmp -s "$TMP/body" "$BODY_FILE" || die "$t: the body differs from the upstream's JSON"
+    if [[ -z ${HEADER[$t]} ]]; then # the floor: no cache to check
+      log "$t: serves the upstream's $(wc -c <"$TMP/body") bytes"
+      return 0
+    fi
     value=$(tr -d '\r' <"$TMP/headers" | awk -v h="${HEADER[$t],,}" \
       'tolower($0) ~ "^" h ":" { sub(/^[^:]*: */, ""); print; exit }')
     if ((i >= 5)) && [[ $value =~ ${PATTERN[$t]} ]]; then
@@ -333,7 +381,7 @@ OUT=$ROOT/bench/out/http-$STAMP
 mkdir -p "$OUT"
 cp "$U/nginx.conf" "$OUT/upstream.nginx.conf"
 for t in "${TARGETS[@]}"; do
-  case $t in revalidate) cp "${CONF[$t]}" "$OUT/revalidate.toml" ;; *) cp "${CONF[$t]}" "$OUT/$t.nginx.conf" ;; esac
+  case $t in revalidate) cp "${CONF[$t]}" "$OUT/revalidate.toml" ;; floor | before) ;; *) cp "${CONF[$t]}" "$OUT/$t.nginx.conf" ;; esac
 done
 
 WRK_ARGS=(-t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency)
@@ -349,7 +397,7 @@ fi
 CLK_TCK=$(getconf CLK_TCK)
 server_ticks() { # CPU ticks (user + system) used so far by a target's serving processes
   local t=$1 pids p sum=0 f
-  if [[ $t == revalidate ]]; then
+  if [[ $t == revalidate || $t == floor || $t == before ]]; then
     pids=${PID[$t]}
   else # nginx: the worker (the master only supervises; the cache manager idles)
     pids=$(ps -o pid=,args= --ppid "${PID[$t]}" | awk '/worker process/ { print $1 }')
@@ -439,28 +487,43 @@ runs_list() { # runs_list "V1 V2 …" FORMAT
   awk -v s="$1" -v f="$2" 'BEGIN { n = split(s, a, " "); o = "";
     for (i = 1; i <= n; i++) o = o (i > 1 ? ", " : "") sprintf(f, a[i]); print o }'
 }
+# run_ratios "A1 A2 …" "B1 B2 …": the range (min–max) of A_i / B_i, run by
+# run (run i of each target ran back to back)
+run_ratios() {
+  awk -v a="$1" -v b="$2" 'BEGIN { n = split(a, x, " "); split(b, y, " "); lo = ""; hi = "";
+    for (i = 1; i <= n; i++) { if (y[i] <= 0) continue; r = x[i] / y[i];
+      if (lo == "" || r < lo) lo = r; if (hi == "" || r > hi) hi = r }
+    if (lo == "") print "n/a"; else printf "%.2f–%.2f", lo, hi }'
+}
 CPU_MODEL=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
 
 {
   echo "### Cached GET of a $(wc -c <"$BODY_FILE")-byte JSON over loopback ($STAMP)"
   echo
-  echo "| target | req/s | p50 | p99 | server CPU / req | req/s per run | p99 per run (ms) |"
-  echo "|---|---:|---:|---:|---:|---|---|"
+  echo "| target | req/s | p50 | p99 | server CPU / req | req/s per run | p99 per run (ms) | CPU per run (µs) |"
+  echo "|---|---:|---:|---:|---:|---|---|---|"
   for t in "${TARGETS[@]}"; do
     echo "| ${LABEL[$t]} | $(fmt_rps "${M_RPS[$t]}") | $(fmt_ms "${M_P50[$t]}") | $(fmt_ms "${M_P99[$t]}") |" \
-      "$(fmt_us "${M_CPU[$t]}") | $(runs_list "${RPS[$t]}" %.0f) | $(runs_list "${P99[$t]}" %.2f) |"
+      "$(fmt_us "${M_CPU[$t]}") | $(runs_list "${RPS[$t]}" %.0f) | $(runs_list "${P99[$t]}" %.2f) |" \
+      "$(runs_list "${CPU[$t]}" %.1f) |"
   done
   for t in "${TARGETS[@]:1}"; do
     r=revalidate
     echo "| revalidate / $t | $(ratio "${M_RPS[$r]}" "${M_RPS[$t]}") | $(ratio "${M_P50[$r]}" "${M_P50[$t]}") |" \
-      "$(ratio "${M_P99[$r]}" "${M_P99[$t]}") | $(ratio "${M_CPU[$r]}" "${M_CPU[$t]}") | | |"
+      "$(ratio "${M_P99[$r]}" "${M_P99[$t]}") | $(ratio "${M_CPU[$r]}" "${M_CPU[$t]}") |" \
+      "$(run_ratios "${RPS[$r]}" "${RPS[$t]}") | $(run_ratios "${P99[$r]}" "${P99[$t]}") |" \
+      "$(run_ratios "${CPU[$r]}" "${CPU[$t]}") |"
   done
   echo
-  echo "Medians of $RUNS runs of \`$WRK_CMD\` per target, targets alternating;"
-  echo "URL \`/v1/resources/item\` on each (for revalidate / nginx: req/s above 1 and latency or CPU"
+  echo "Medians of $RUNS runs of \`$WRK_CMD\` per target, targets alternating; the"
+  echo "ratio rows' per-run columns are the range of the ratios of runs taken back to back;"
+  echo "URL \`/v1/resources/item\` on each (for revalidate / X: req/s above 1 and latency or CPU"
   echo "below 1 favour revalidate). Servers under test and the static nginx upstream pinned to"
   echo "CPU $SERVER_CPU, wrk to CPU $CLIENT_CPU. Server CPU / req: user + system time of the serving"
-  echo "process (revalidate; the nginx worker) during a run, divided by the requests served."
+  echo "process (revalidate; the floor; the nginx worker) during a run, divided by the requests served."
+  echo "floor: \`examples/floor\`, the daemon's runtime and accept loop serving the body from memory."
+  echo "floor: its axum \`Router\` and one handler; revalidate answers plain cached GETs without its router."
+  if [[ -n ${LABEL[before]:-} ]]; then echo "before: the same config as revalidate, another binary."; fi
   echo "nginx: \`worker_processes 1\`, \`proxy_cache_valid 200 $STALENESS\`, \`proxy_cache_use_stale"
   echo "updating error timeout\`, \`proxy_cache_background_update on\`, \`proxy_cache_lock on\`,"
   echo "upstream keepalive, \`keepalive_requests 1000000\`, otherwise nginx defaults (\`sendfile off\`);"

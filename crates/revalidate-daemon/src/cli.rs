@@ -293,7 +293,8 @@ fn check_config(file: &std::path::Path, profile: Option<&str>) -> ExitCode {
 /// How long the runtime may take to end its tasks once the daemon stopped.
 const RUNTIME_STOP: std::time::Duration = std::time::Duration::from_millis(500);
 
-fn runtime() -> tokio::runtime::Runtime {
+/// The runtime `serve` and `demo` run on (and the bench's floor).
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -320,7 +320,7 @@ pub(crate) async fn serve(
         tokio::spawn(drop_revoked(identities, scopes, client.clone()));
     }
     let hosts = AllowedHosts::new(config.server.allowed_hosts.as_deref(), config.server.listen);
-    let app = server::router(state, config.server.max_body_bytes, hosts);
+    let app = server::App::new(state, config.server.max_body_bytes, hosts);
     let addr = config.server.listen;
     let listener = TcpListener::bind(addr)
         .await

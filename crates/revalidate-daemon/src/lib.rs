@@ -13,6 +13,7 @@ mod config;
 mod daemon;
 mod demo;
 mod events;
+mod floor;
 mod identity;
 mod server;
 mod upstream;
@@ -23,6 +24,20 @@ mod upstream;
 /// configuration error (every error printed with file:line:column and key).
 pub fn main() -> std::process::ExitCode {
     cli::main()
+}
+
+#[doc(hidden)]
+pub mod bench {
+    //! The floor of `bench/http.sh` (its `floor` target, built as the
+    //! example `floor`): the daemon's own runtime and accept loop serving a
+    //! fixed body, so that the bench can tell the cache's cost from the HTTP
+    //! stack's. Not a stable interface.
+
+    /// Serves `body` as `application/json` at `GET /v1/resources/{action}`
+    /// (and `ok` at `/healthz`) on `listen` until SIGINT or SIGTERM.
+    pub fn floor(listen: std::net::SocketAddr, body: bytes::Bytes) -> std::process::ExitCode {
+        crate::floor::run(listen, body)
+    }
 }
 
 #[doc(hidden)]

@@ -23,10 +23,11 @@ pub(crate) const READ_TOKEN_HEADER: HeaderName = HeaderName::from_static("x-reva
 #[derive(Debug)]
 pub(crate) struct Reader {
     pub(crate) caller: Option<Caller>,
-    /// The caller's headers that are the daemon's business only (the read
-    /// token; an identity header from someone not trusted to set it), never
-    /// forwarded upstream.
-    pub(crate) private_headers: Vec<HeaderName>,
+    /// The caller's headers that are the daemon's business only beyond the
+    /// read token's own (an `Authorization` that carried the read token; an
+    /// identity header from someone not trusted to set it). See
+    /// [`Reader::private_headers`].
+    extra_private: Vec<HeaderName>,
 }
 
 /// Whether `a` and `b` are equal, in a time that depends on their lengths
@@ -58,31 +59,76 @@ fn query_token(query: Option<&str>) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// Where a request carried the read token.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum TokenIn {
+    /// None is required.
+    NotRequired,
+    /// `Authorization: Bearer` (then that header is the daemon's only).
+    Bearer,
+    /// `X-Revalidate-Token`, or `?token=` on the change feed.
+    Elsewhere,
+}
+
+/// The read token check (`[server] read_token_env`), for any request with
+/// headers and a URI: a request or its parts.
+///
+/// # Errors
+///
+/// A token is required and the request carries none that matches: `401`.
+pub(crate) fn read_token<R: HasHead>(state: &AppState, request: &R) -> Result<TokenIn, ApiError> {
+    let Some(token) = &state.read_token else {
+        return Ok(TokenIn::NotRequired);
+    };
+    let (headers, uri) = request.head();
+    let header = headers
+        .get(&READ_TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok());
+    // `Authorization` is the caller's own credential when it is their
+    // identity: then it is never the read token.
+    let identities = state.upstream.identities();
+    let by_bearer = identities.is_none_or(|i| !i.uses_authorization());
+    let bearer = by_bearer.then(|| bearer(headers)).flatten();
+    let in_query = (uri.path() == "/v1/events")
+        .then(|| query_token(uri.query()))
+        .flatten();
+    let given = [header, bearer, in_query.as_deref()];
+    if !given.iter().flatten().any(|g| same_token(g, token)) {
+        return Err(ApiError::ReadTokenRequired);
+    }
+    Ok(if bearer.is_some_and(|b| same_token(b, token)) {
+        TokenIn::Bearer
+    } else {
+        TokenIn::Elsewhere
+    })
+}
+
+/// A request's head: its headers and URI.
+pub(crate) trait HasHead {
+    fn head(&self) -> (&HeaderMap, &axum::http::Uri);
+}
+
+impl HasHead for Parts {
+    fn head(&self) -> (&HeaderMap, &axum::http::Uri) {
+        (&self.headers, &self.uri)
+    }
+}
+
+impl<B> HasHead for axum::http::Request<B> {
+    fn head(&self) -> (&HeaderMap, &axum::http::Uri) {
+        (self.headers(), self.uri())
+    }
+}
+
 impl FromRequestParts<AppState> for Reader {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let identities = state.upstream.identities();
-        let mut private_headers = vec![READ_TOKEN_HEADER];
-        if let Some(token) = &state.read_token {
-            let header = parts
-                .headers
-                .get(&READ_TOKEN_HEADER)
-                .and_then(|v| v.to_str().ok());
-            // `Authorization` is the caller's own credential when it is
-            // their identity: then it is never the read token.
-            let by_bearer = identities.is_none_or(|i| !i.uses_authorization());
-            let bearer = by_bearer.then(|| bearer(&parts.headers)).flatten();
-            let in_query = (parts.uri.path() == "/v1/events")
-                .then(|| query_token(parts.uri.query()))
-                .flatten();
-            let given = [header, bearer, in_query.as_deref()];
-            if !given.iter().flatten().any(|g| same_token(g, token)) {
-                return Err(ApiError::ReadTokenRequired);
-            }
-            if bearer.is_some_and(|b| same_token(b, token)) {
-                private_headers.push(header::AUTHORIZATION);
-            }
+        // Empty (no allocation) on a plain read: most requests.
+        let mut extra_private = Vec::new();
+        if read_token(state, &*parts)? == TokenIn::Bearer {
+            extra_private.push(header::AUTHORIZATION);
         }
         let peer = parts
             .extensions
@@ -94,16 +140,26 @@ impl FromRequestParts<AppState> for Reader {
             && let Ok(name) = HeaderName::from_bytes(name.as_bytes())
         {
             // Someone other than the gateway set the gateway's header.
-            private_headers.push(name);
+            extra_private.push(name);
         }
         Ok(Self {
             caller,
-            private_headers,
+            extra_private,
         })
     }
 }
 
 impl Reader {
+    /// The caller's headers that are the daemon's business only (the read
+    /// token; an identity header from someone not trusted to set it), never
+    /// forwarded upstream. Built when something is forwarded, not per read.
+    pub(crate) fn private_headers(&self) -> Vec<HeaderName> {
+        let mut all = Vec::with_capacity(1 + self.extra_private.len());
+        all.push(READ_TOKEN_HEADER);
+        all.extend(self.extra_private.iter().cloned());
+        all
+    }
+
     /// The key `action` with `params` has for this caller: a per-user
     /// action's is the caller's own (whose credential is kept to refresh
     /// it); a shared one's is everyone's.

@@ -20,6 +20,7 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use headers::{HeaderMapExt, IfNoneMatch};
 use revalidate::{QueryFilter, QueryKey};
 
 use super::AppState;
@@ -178,7 +179,7 @@ async fn read(
         Ok(hit) => Ok(super::access::seal(
             state,
             &action.name,
-            answer(&hit, headers),
+            answer(&hit, headers.typed_get::<IfNoneMatch>().as_ref()),
         )),
         Err(e) => Err(ApiError::upstream(key, e)),
     }
@@ -208,7 +209,7 @@ async fn mutate(
                 query: uri.query(),
             },
             headers,
-            strip: &reader.private_headers,
+            strip: &reader.private_headers(),
             body: body?,
         })
         .await
@@ -300,7 +301,7 @@ async fn passthrough(
                 query: uri.query(),
             },
             headers,
-            strip: &reader.private_headers,
+            strip: &reader.private_headers(),
             body,
         })
         .await;

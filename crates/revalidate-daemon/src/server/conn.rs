@@ -28,9 +28,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
-use http_body_util::BodyExt;
+use axum::http::Request;
+use axum::response::Response;
 use hyper::body::Incoming;
 use hyper::service::Service as _;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -40,6 +40,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
+use tower::Service;
 
 /// The limits of the accept loop.
 #[derive(Clone, Copy, Debug)]
@@ -184,6 +185,34 @@ impl Drop for InFlight {
     }
 }
 
+/// A response body holding its request's [`InFlight`] until hyper drops it
+/// (finished or abandoned). A plain wrapper, not `Body::new(map_frame)`,
+/// which would box every response body a second time.
+struct Guarded {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// The socket, telling the connection's activity when bytes arrive.
 struct Tracked {
     io: TcpStream,
@@ -236,10 +265,31 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// What the accept loop serves: axum's `Router` (the bench's floor), or the
+/// daemon's [`App`](super::App), its `Router` with a fast path for cached
+/// reads.
+pub(crate) trait Serve:
+    Service<Request<Incoming>, Response = Response, Error = Infallible, Future: Send>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> Serve for S where
+    S: Service<Request<Incoming>, Response = Response, Error = Infallible, Future: Send>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Accepts connections until `stop` turns true, serving each with `app`.
-pub(crate) async fn accept_loop(
+pub(crate) async fn accept_loop<A: Serve>(
     listener: TcpListener,
-    app: Router,
+    app: A,
     limits: Limits,
     connections: Arc<Connections>,
     mut stop: watch::Receiver<bool>,
@@ -283,10 +333,10 @@ pub(crate) async fn accept_loop(
     }
 }
 
-async fn serve_connection(
+async fn serve_connection<A: Serve>(
     stream: TcpStream,
     peer: std::net::SocketAddr,
-    app: Router,
+    app: A,
     builder: &auto::Builder<TokioExecutor>,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
@@ -312,11 +362,9 @@ async fn serve_connection(
                     Err(never) => match never {},
                 };
                 // The request stays in flight until its body is finished.
-                Ok::<_, Infallible>(response.map(|body| {
-                    Body::new(body.map_frame(move |frame| {
-                        let _in_flight = &guard;
-                        frame
-                    }))
+                Ok::<_, Infallible>(response.map(|body| Guarded {
+                    body,
+                    _in_flight: guard,
                 }))
             }
         }

@@ -4,12 +4,16 @@
 //! resolves to 127.0.0.1 can reach the daemon from a browser, but its
 //! requests say `Host: evil.example`.
 
+use std::convert::Infallible;
+use std::future::{Ready, ready};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use axum::extract::{Request, State};
-use axum::http::header;
-use axum::middleware::Next;
+use axum::http::{Request, header};
 use axum::response::{IntoResponse, Response};
+use futures::future::Either;
+use tower::{Layer, Service};
 
 use super::error::ApiError;
 use crate::config::{HostPattern, split_host_port};
@@ -54,25 +58,73 @@ impl AllowedHosts {
     }
 }
 
-/// The middleware: `421` unless the request's host is allowed. The host is
-/// the `Host` header, or the URI's authority (HTTP/2's `:authority`).
-pub(crate) async fn check(
-    State(allowed): State<std::sync::Arc<AllowedHosts>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let host = request
+/// The host a request is for: the `Host` header, or the URI's authority
+/// (HTTP/2's `:authority`).
+fn host_of<B>(request: &Request<B>) -> Option<&str> {
+    request
         .headers()
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| request.uri().authority().map(|a| a.as_str().to_owned()));
-    match host {
-        Some(h) if allowed.allows(&h) => next.run(request).await,
-        other => ApiError::MisdirectedRequest {
-            host: other.unwrap_or_default(),
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+}
+
+/// Whether `request` is for a host in `hosts`.
+pub(crate) fn allowed<B>(hosts: &AllowedHosts, request: &Request<B>) -> bool {
+    host_of(request).is_some_and(|h| hosts.allows(h))
+}
+
+/// The check as a layer: `421` unless the request's host is allowed. The
+/// host is the `Host` header, or the URI's authority (HTTP/2's
+/// `:authority`). A hand-written service rather than
+/// `axum::middleware::from_fn`, which boxes a future and clones the inner
+/// service for every request: an allowed request costs the check only.
+#[derive(Clone, Debug)]
+pub(crate) struct HostCheckLayer(Arc<AllowedHosts>);
+
+impl HostCheckLayer {
+    pub(crate) fn new(allowed: AllowedHosts) -> Self {
+        Self(Arc::new(allowed))
+    }
+}
+
+impl<S> Layer<S> for HostCheckLayer {
+    type Service = HostCheck<S>;
+
+    fn layer(&self, inner: S) -> HostCheck<S> {
+        HostCheck {
+            inner,
+            allowed: self.0.clone(),
         }
-        .into_response(),
+    }
+}
+
+/// See [`HostCheckLayer`].
+#[derive(Clone, Debug)]
+pub(crate) struct HostCheck<S> {
+    inner: S,
+    allowed: Arc<AllowedHosts>,
+}
+
+impl<S, B> Service<Request<B>> for HostCheck<S>
+where
+    S: Service<Request<B>, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<S::Future, Ready<Result<Response, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        if allowed(&self.allowed, &request) {
+            return Either::Left(self.inner.call(request));
+        }
+        Either::Right(ready(Ok(ApiError::MisdirectedRequest {
+            host: host_of(&request).unwrap_or_default().to_owned(),
+        }
+        .into_response())))
     }
 }
 

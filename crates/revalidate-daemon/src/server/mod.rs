@@ -65,7 +65,51 @@ pub(crate) struct Shared {
         Option<revalidate::cluster::RedisTier<Payload, crate::upstream::PayloadCodec>>,
 }
 
-/// The daemon's routes, behind the `Host` check.
+/// The daemon's service: cached reads by [`resources::fast_read`], anything
+/// else (a miss included) by the router of [`router`].
+#[derive(Clone)]
+pub(crate) struct App {
+    router: Router,
+    state: AppState,
+    hosts: Arc<AllowedHosts>,
+}
+
+impl App {
+    pub(crate) fn new(state: AppState, max_body_bytes: usize, hosts: AllowedHosts) -> Self {
+        Self {
+            router: router(state.clone(), max_body_bytes, hosts.clone()),
+            state,
+            hosts: Arc::new(hosts),
+        }
+    }
+}
+
+impl tower::Service<axum::http::Request<hyper::body::Incoming>> for App {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::Either<
+        std::future::Ready<Result<Self::Response, Self::Error>>,
+        <Router as tower::Service<axum::http::Request<hyper::body::Incoming>>>::Future,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(())) // as the router: always ready
+    }
+
+    fn call(&mut self, request: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
+        match resources::fast_read(&self.state, &self.hosts, &request) {
+            Some(response) => futures::future::Either::Left(std::future::ready(Ok(response))),
+            None => futures::future::Either::Right(self.router.call(request)),
+        }
+    }
+}
+
+/// The daemon's routes, behind the `Host` check. Plain cached reads do not
+/// pass through it (see [`App`]): a layer or check added here for data
+/// routes must also be made in [`resources::fast_read`].
 pub(crate) fn router(state: AppState, max_body_bytes: usize, hosts: AllowedHosts) -> Router {
     Router::new()
         .route("/", get(admin::dashboard))
@@ -86,9 +130,6 @@ pub(crate) fn router(state: AppState, max_body_bytes: usize, hosts: AllowedHosts
         .fallback(app::fallback)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(hosts),
-            host::check,
-        ))
+        .layer(host::HostCheckLayer::new(hosts))
         .with_state(state)
 }

@@ -2,8 +2,9 @@
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use headers::{ETag, Header, HeaderMapExt, IfNoneMatch};
 use revalidate::{Freshness, Hit};
@@ -116,13 +117,24 @@ pub(crate) async fn read(
     reader: Reader,
     action: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
+    Conditional(condition): Conditional,
 ) -> Result<Response, ApiError> {
     let Path(action) = action?;
+    let query = query.unwrap_or_default();
+    // The common read, a shared action without parameters: its key was
+    // built once at start (no key text, no hashing per hit), and its answer
+    // is nobody's own, so there is nothing to seal.
+    if query.is_empty()
+        && let Some(key) = state.upstream.bare_key(&action)
+    {
+        return match state.client.get_with_meta(key).await {
+            Ok(hit) => Ok(answer(&hit, condition.as_ref())),
+            Err(e) => Err(ApiError::upstream(key.clone(), e)),
+        };
+    }
     if !state.upstream.knows(&action) {
         return Err(ApiError::unknown_action(&state.upstream, action));
     }
-    let query = query.unwrap_or_default();
     if query.len() > state.max_query_bytes {
         return Err(ApiError::QueryTooLong {
             length: query.len(),
@@ -131,8 +143,55 @@ pub(crate) async fn read(
     }
     let key = reader.key(&state, &action, params_of(&query)?)?;
     match state.client.get_with_meta(&key).await {
-        Ok(hit) => Ok(super::access::seal(&state, &action, answer(&hit, &headers))),
+        Ok(hit) => Ok(super::access::seal(
+            &state,
+            &action,
+            answer(&hit, condition.as_ref()),
+        )),
         Err(e) => Err(ApiError::upstream(key, e)),
+    }
+}
+
+/// The hit of a plain read — `GET /v1/resources/{action}` of a shared action,
+/// no query string, no percent-encoding, an allowed `Host`, the read token
+/// if one is required — answered without axum's router (its per-request
+/// boxed services, extensions and path parameters cost more than the read
+/// itself). `None` for anything else, a miss included: the router's
+/// [`read`] then answers it, with every check and error it always had.
+pub(crate) fn fast_read<B>(
+    state: &AppState,
+    hosts: &super::AllowedHosts,
+    request: &axum::http::Request<B>,
+) -> Option<Response> {
+    if request.method() != axum::http::Method::GET || request.uri().query().is_some() {
+        return None;
+    }
+    let action = request.uri().path().strip_prefix("/v1/resources/")?;
+    if action.contains(['/', '%']) {
+        return None;
+    }
+    let key = state.upstream.bare_key(action)?;
+    if !super::host::allowed(hosts, request) {
+        return None;
+    }
+    if state.read_token.is_some() && super::access::read_token(state, request).is_err() {
+        return None;
+    }
+    let hit = state.client.get_cached_hit(key)?;
+    let condition = request.headers().typed_get::<IfNoneMatch>();
+    Some(answer(&hit, condition.as_ref()))
+}
+
+/// A request's `If-None-Match`, parsed (`None`: absent, or not a valid
+/// list). Reads take only this from the headers: taking the whole
+/// `HeaderMap` would copy it for every request.
+pub(crate) struct Conditional(pub(crate) Option<IfNoneMatch>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Conditional {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.headers.typed_get::<IfNoneMatch>()))
     }
 }
 
@@ -162,7 +221,7 @@ pub(crate) async fn read_typed(
     State(state): State<AppState>,
     reader: Reader,
     action: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
+    Conditional(condition): Conditional,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Path(action) = action?;
@@ -173,7 +232,11 @@ pub(crate) async fn read_typed(
     let params = params_of_json(&body)?;
     let key = reader.key(&state, &action, params)?;
     match state.client.get_with_meta(&key).await {
-        Ok(hit) => Ok(super::access::seal(&state, &action, answer(&hit, &headers))),
+        Ok(hit) => Ok(super::access::seal(
+            &state,
+            &action,
+            answer(&hit, condition.as_ref()),
+        )),
         Err(e) => Err(ApiError::upstream(key, e)),
     }
 }
@@ -197,18 +260,40 @@ pub(crate) fn params_of_json(body: &[u8]) -> Result<Value, ApiError> {
     })
 }
 
+/// `Cache-Status`, an RFC 9211 header `http` has no constant for.
+const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+/// The version of the value served.
+const X_REVALIDATE_VERSION: HeaderName = HeaderName::from_static("x-revalidate-version");
+
+/// `Age` values below this come from a table made once: a hit then clones
+/// a shared header value instead of formatting and allocating a new one.
+const AGES_PREPARED: u64 = 128;
+
+fn age_value(seconds: u64) -> HeaderValue {
+    static AGES: std::sync::LazyLock<Vec<HeaderValue>> =
+        std::sync::LazyLock::new(|| (0..AGES_PREPARED).map(HeaderValue::from).collect());
+    usize::try_from(seconds)
+        .ok()
+        .and_then(|i| AGES.get(i))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(seconds))
+}
+
 /// A cached value's answer: its body with the upstream's content type, or
 /// `304` for a matching `If-None-Match`; with the cache headers either way.
-pub(crate) fn answer(hit: &Hit<Payload>, request: &HeaderMap) -> Response {
+/// Every header value is prepared (the payload's ETag, content type and
+/// version; the table of ages): a hit formats nothing.
+pub(crate) fn answer(hit: &Hit<Payload>, condition: Option<&IfNoneMatch>) -> Response {
     let status = match hit.freshness {
         Freshness::Fresh => "revalidate; hit",
         Freshness::Stale => "revalidate; hit; stale",
         _ => "revalidate; fwd=miss; stored",
     };
     let payload = &hit.value;
-    let not_modified = is_not_modified(request, &payload.etag);
-    let mut response = if not_modified {
-        StatusCode::NOT_MODIFIED.into_response()
+    let not_modified = condition.is_some_and(|c| is_not_modified(c, &payload.etag));
+    let (mut response, length) = if not_modified {
+        let r = StatusCode::NOT_MODIFIED.into_response();
+        (r, HeaderValue::from_static("0"))
     } else {
         let mut r = Response::new(Body::from(payload.body.clone()));
         let content_type = payload
@@ -216,24 +301,25 @@ pub(crate) fn answer(hit: &Hit<Payload>, request: &HeaderMap) -> Response {
             .clone()
             .unwrap_or(HeaderValue::from_static("application/json"));
         r.headers_mut().insert(header::CONTENT_TYPE, content_type);
-        r
+        (r, payload.content_length.clone())
     };
     let h = response.headers_mut();
-    h.insert(header::AGE, HeaderValue::from(hit.age.as_secs()));
-    h.insert("cache-status", HeaderValue::from_static(status));
+    h.insert(header::AGE, age_value(hit.age.as_secs()));
+    h.insert(CACHE_STATUS, HeaderValue::from_static(status));
     h.insert(header::ETAG, payload.etag.clone());
-    h.insert("x-revalidate-version", HeaderValue::from(hit.version));
+    h.insert(X_REVALIDATE_VERSION, payload.version_value(hit.version));
+    // What axum's router would add last, from the body's exact size; set
+    // here, it is prepared, and the same on the fast path (see `fast_read`).
+    h.insert(header::CONTENT_LENGTH, length);
     response
 }
 
-/// Whether the request's `If-None-Match` matches `etag` by the weak
-/// comparison RFC 9110 (§13.1.2) requires: `W/"x"` matches our `"x"`, any
-/// member of a list (or of several header lines) may match, `*` matches any
-/// cached value. A header that does not parse matches nothing.
-fn is_not_modified(request: &HeaderMap, etag: &HeaderValue) -> bool {
-    let Some(condition) = request.typed_get::<IfNoneMatch>() else {
-        return false;
-    };
+/// Whether `condition` (a request's `If-None-Match`) matches `etag` by the
+/// weak comparison RFC 9110 (§13.1.2) requires: `W/"x"` matches our `"x"`,
+/// any member of a list (or of several header lines) may match, `*` matches
+/// any cached value. (A header that does not parse is no condition: see
+/// [`Conditional`].)
+fn is_not_modified(condition: &IfNoneMatch, etag: &HeaderValue) -> bool {
     ETag::decode(&mut std::iter::once(etag)).is_ok_and(|etag| !condition.precondition_passes(&etag))
 }
 
@@ -313,11 +399,14 @@ mod tests {
     fn if_none_match_uses_the_weak_comparison() {
         let ours = HeaderValue::from_static("\"00c0ffee\"");
         let matches = |lines: &[&str]| {
-            let mut request = HeaderMap::new();
+            let mut request = axum::http::HeaderMap::new();
             for line in lines {
                 request.append(header::IF_NONE_MATCH, HeaderValue::from_str(line).unwrap());
             }
-            is_not_modified(&request, &ours)
+            // As `Conditional` reads it: a header that does not parse is none.
+            request
+                .typed_get::<IfNoneMatch>()
+                .is_some_and(|c| is_not_modified(&c, &ours))
         };
         assert!(matches(&["\"00c0ffee\""]), "the same tag");
         assert!(matches(&["W/\"00c0ffee\""]), "a weak tag of it");

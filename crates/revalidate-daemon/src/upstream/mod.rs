@@ -55,6 +55,13 @@ pub(crate) struct Payload {
     /// The upstream's `Content-Type`, served again on the app's own paths
     /// (`None`: `application/json`).
     pub(crate) content_type: Option<HeaderValue>,
+    /// `Content-Length` of `body`, made once (axum would format it per
+    /// response).
+    pub(crate) content_length: HeaderValue,
+    /// `X-Revalidate-Version` as served, made by the first hit of this
+    /// value: a value keeps its version until it changes, so later hits
+    /// clone it instead of formatting (and allocating) one each.
+    version_header: std::sync::OnceLock<(u64, HeaderValue)>,
 }
 
 impl PartialEq for Payload {
@@ -70,9 +77,24 @@ impl Payload {
             HeaderValue::from_str(&etag_of(&body)).expect("hex in quotes is a valid header value");
         Self {
             etag,
+            content_length: HeaderValue::from(body.len()),
             body,
             upstream_etag,
             content_type: None,
+            version_header: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The `X-Revalidate-Version` header value of `version`, the version
+    /// this payload is served with.
+    pub(crate) fn version_value(&self, version: u64) -> HeaderValue {
+        let (prepared, value) = self
+            .version_header
+            .get_or_init(|| (version, HeaderValue::from(version)));
+        if *prepared == version {
+            value.clone()
+        } else {
+            HeaderValue::from(version) // not the version it was first served with
         }
     }
 
@@ -173,6 +195,9 @@ struct Route {
     url: reqwest::Url,
     headers: HeaderMap,
     kind: ActionKind,
+    /// The key of a read without parameters, made once, for a shared query
+    /// (a per-user query's key is each caller's own; a mutation is not read).
+    bare_key: Option<QueryKey>,
 }
 
 /// The upstream API.
@@ -251,6 +276,8 @@ impl Upstream {
                     url,
                     headers: headers(&a.headers)?,
                     kind: a.kind,
+                    bare_key: (a.kind == ActionKind::Query && !scopes.is_user(action))
+                        .then(|| QueryKey::bare(action)),
                 },
             );
         }
@@ -295,6 +322,12 @@ impl Upstream {
         self.routes
             .get(action)
             .is_some_and(|r| r.kind == ActionKind::Query)
+    }
+
+    /// The key of a read of `action` without parameters, when it is a
+    /// declared shared query (what a read would build with `QueryKey::bare`).
+    pub(crate) fn bare_key(&self, action: &str) -> Option<&QueryKey> {
+        self.routes.get(action)?.bare_key.as_ref()
     }
 
     /// Which actions are per-user.

@@ -430,6 +430,15 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClient<V> {
         hit
     }
 
+    /// The cached value with its metadata, if any, without fetching, counted
+    /// as a read only when there is one: for a caller that serves hits on a
+    /// path of its own and hands a miss to [`get_with_meta`](Self::get_with_meta),
+    /// which counts it (so a miss is counted once). A hit is exactly the one
+    /// `get_with_meta` would serve.
+    pub fn get_cached_hit(&self, key: &QueryKey) -> Option<Hit<V>> {
+        self.inner.read(key, Inner::hit)
+    }
+
     /// Fetches `key` now, whatever is cached (joining a fetch already in flight).
     ///
     /// # Errors
