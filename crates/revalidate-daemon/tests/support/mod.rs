@@ -332,6 +332,10 @@ impl Daemon {
         format!("http://{}{path}", self.addr)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM and waits for a graceful exit; returns its status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
