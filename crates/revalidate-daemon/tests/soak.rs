@@ -20,8 +20,9 @@
 //! once the load stops and every query picks up the upstream's next value;
 //! the SSE subscribers go back to zero; the RSS stays within its band.
 //!
-//! `scripts/test soak` runs it; by hand:
-//! `SOAK_SECS=600 cargo test --release -p revalidate-daemon --test soak -- --ignored --nocapture`.
+//! `scripts/test soak` runs it (`SOAK_SECS=600 scripts/test soak` is the
+//! long run); by hand:
+//! `SOAK_SECS=600 cargo test -p revalidate-daemon --test soak -- --ignored --nocapture`.
 
 mod support;
 
