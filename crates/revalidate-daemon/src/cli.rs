@@ -129,11 +129,29 @@ fn check_config(file: &std::path::Path, profile: Option<&str>) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    // What `serve` builds before it binds, short of the network.
+    // What `serve` builds before it binds: short of the network, except
+    // that `[cluster]`'s Redis is asked what `serve` asks it (the password,
+    // scripting); one that does not answer is a warning, as for `serve`.
     let scopes = std::sync::Arc::new(crate::identity::Scopes::new(&config));
     if let Err(e) = crate::upstream::Upstream::new(&config, scopes.clone(), None) {
         eprintln!("error: {e}");
         return ExitCode::from(2);
+    }
+    let mut redis_unreachable = None;
+    if let Some(c) = &config.cluster {
+        let max = config.upstream.max_response_bytes;
+        let checked = runtime().block_on(async {
+            daemon::cluster_tier(c, max)
+                .await
+                .map(|(_tier, unreachable)| unreachable)
+        });
+        match checked {
+            Ok(unreachable) => redis_unreachable = unreachable,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(e.exit_code());
+            }
+        }
     }
     let policy = &config.engine.policy;
     println!("{}: ok", file.display());
@@ -202,6 +220,11 @@ fn check_config(file: &std::path::Path, profile: Option<&str>) -> ExitCode {
             c.lease_ttl
         ),
         None => println!("cluster: none (this node alone)"),
+    }
+    if let Some(e) = redis_unreachable {
+        eprintln!(
+            "warning: [cluster]: {e}; `serve` would start alone and join the cluster when Redis answers"
+        );
     }
     match &config.server.admin_token_env {
         Some(var) if std::env::var(var).is_ok_and(|t| !t.is_empty()) => {

@@ -184,6 +184,19 @@ async fn join_cluster(
     c: &ClusterConfig,
     max_payload_bytes: usize,
 ) -> Result<RedisTier<Payload, PayloadCodec>, DaemonError> {
+    let (tier, unreachable) = cluster_tier(c, max_payload_bytes).await?;
+    if let Some(e) = unreachable {
+        tracing::warn!("[cluster]: {e}; starting alone, joining the cluster when Redis answers");
+    }
+    Ok(tier)
+}
+
+/// The tier for `[cluster]`, checked against Redis (`serve` before it
+/// binds, `check-config` too): with, when Redis does not answer, why.
+pub(crate) async fn cluster_tier(
+    c: &ClusterConfig,
+    max_payload_bytes: usize,
+) -> Result<(RedisTier<Payload, PayloadCodec>, Option<ClusterError>), DaemonError> {
     let url = expand_env(&c.redis_url).map_err(|e| {
         DaemonError::Cluster(ClusterError::BadUrl {
             url: "[cluster] redis_url".to_owned(),
@@ -199,13 +212,10 @@ async fn join_cluster(
     options.max_payload_bytes = max_payload_bytes;
     let tier = RedisTier::new(options, PayloadCodec).map_err(DaemonError::Cluster)?;
     match tier.check().await {
-        Ok(()) => {}
-        Err(e) if e.is_unreachable() => {
-            tracing::warn!("[cluster]: {e}; starting alone, joining the cluster when Redis answers")
-        }
-        Err(e) => return Err(DaemonError::Cluster(e)),
+        Ok(()) => Ok((tier, None)),
+        Err(e) if e.is_unreachable() => Ok((tier, Some(e))),
+        Err(e) => Err(DaemonError::Cluster(e)),
     }
-    Ok(tier)
 }
 
 /// Runs the daemon until the first of `signals`, then stops (see the

@@ -48,7 +48,7 @@
 //!   following the client's [`RefreshSettings`].
 //! - [`Coordinator`] — who fetches a key and which version its data gets,
 //!   for several nodes sharing one source ([`LocalCoordinator`] by default).
-//! - [`Persistence`] with a [`Store`] ([`RedbStore`] on disk) — the cache
+//! - [`Persistence`] with a [`Store`] (`RedbStore` on disk) — the cache
 //!   survives restarts and works offline.
 //!
 //! # Consistency

@@ -17,6 +17,12 @@ use crate::store::Codec;
 /// a fetch this node made alone.
 const LEASED: Ticket = Ticket(1);
 
+/// A fetch made without the lease while Redis answers (a reader that waited
+/// two lease times for another node's fetch, or a shared value that does
+/// not decode): its result is put in Redis with a version above the shared
+/// one, so that no node numbers versions on its own while the cluster does.
+const APART: Ticket = Ticket(2);
+
 /// How often a reader waiting for another node's fetch looks again.
 const WAIT_STEP: Duration = Duration::from_millis(20);
 
@@ -93,6 +99,7 @@ where
         &self,
         key: &QueryKey,
         holding: &Holding,
+        no_adopt: bool,
     ) -> Result<Acquired, redis::RedisError> {
         let fresh_ms: i64 = match holding.staleness {
             Staleness::Never => -1,
@@ -109,11 +116,14 @@ where
             .arg(fresh_ms)
             .arg(u64::try_from(self.options.lease_ttl.as_millis()).unwrap_or(u64::MAX))
             .arg(holding.version)
-            .arg(if holding.invalidated || holding.forced {
+            .arg(if holding.invalidated || holding.forced || no_adopt {
                 "1"
             } else {
                 "0"
             })
+            .arg(holding.updated_at.map_or(-1, |t| {
+                i64::try_from(crate::rt::unix_millis(t)).unwrap_or(i64::MAX)
+            }))
             .invoke_async(&mut self.conn.clone())
             .await?;
         parse_acquired(answer)
@@ -124,6 +134,56 @@ where
     fn alone(&self) -> Grant<V> {
         self.counters.alone.fetch_add(1, Relaxed);
         Grant::Fetch(Ticket(0))
+    }
+
+    /// A fetch without the lease while Redis answers ([`APART`]).
+    fn apart(&self, key: &QueryKey, holding: &Holding) -> Grant<V> {
+        self.counters.alone.fetch_add(1, Relaxed);
+        self.pending
+            .lock()
+            .insert(key.clone(), (u64::MAX, holding.version));
+        Grant::Fetch(APART)
+    }
+
+    /// Puts the result of an [`APART`] fetch in Redis (`PUT` `write`: a
+    /// version above the shared one) and gives its version.
+    async fn put_apart(
+        &self,
+        key: &QueryKey,
+        held: u64,
+        payload: Option<Vec<u8>>,
+        ok: bool,
+    ) -> Publish {
+        let Some(payload) = payload else {
+            return Publish::Local;
+        };
+        self.counters.round_trips.fetch_add(1, Relaxed);
+        let answer: Result<(String, u64), _> = self
+            .scripts
+            .put
+            .key(self.key("e", key))
+            .key(self.feed_key())
+            .arg(held + 1)
+            .arg(&payload)
+            .arg(digest(&payload))
+            .arg(key.text())
+            .arg(&self.options.node_id)
+            .arg(self.options.feed_len)
+            .arg(u64::try_from(self.options.entry_ttl.as_millis()).unwrap_or(u64::MAX))
+            .arg("write")
+            .arg(0)
+            .invoke_async(&mut self.conn.clone())
+            .await;
+        match answer {
+            Ok((_, version)) => Publish::Version(version),
+            Err(e) => {
+                self.lost(&e);
+                if ok {
+                    self.dirty.lock().insert(key.clone());
+                }
+                Publish::Local
+            }
+        }
     }
 }
 
@@ -138,11 +198,20 @@ where
             return s.alone();
         }
         let give_up = crate::rt::Instant::now() + s.options.lease_ttl * 2;
+        let mut no_adopt = false;
         loop {
-            match s.acquire_once(key, holding).await {
+            match s.acquire_once(key, holding, no_adopt).await {
                 Err(e) => {
                     s.lost(&e);
                     return s.alone();
+                }
+                // This node numbered its data alone at that very version
+                // (not reconciled yet): adopting the shared value would
+                // change the data under an unchanged version. Fetch.
+                Ok(Acquired::Adopt(version, ..))
+                    if version == holding.version && s.dirty.lock().contains(key) =>
+                {
+                    no_adopt = true;
                 }
                 Ok(Acquired::Adopt(version, at_ms, payload)) => match s.codec.decode(key, &payload)
                 {
@@ -152,7 +221,7 @@ where
                     }
                     Err(e) => {
                         tracing::warn!(target: "revalidate", "cluster: the shared value of {key} does not decode ({e}); fetching it here");
-                        return s.alone();
+                        return s.apart(key, holding);
                     }
                 },
                 Ok(Acquired::Fetch(base)) => {
@@ -171,7 +240,7 @@ where
                         return Grant::Skip(left.min(s.options.lease_ttl) + WAIT_STEP);
                     }
                     if crate::rt::Instant::now() >= give_up {
-                        return s.alone();
+                        return s.apart(key, holding);
                     }
                     crate::rt::sleep(left.min(WAIT_STEP)).await;
                 }
@@ -187,7 +256,7 @@ where
         previous: Option<&Arc<V>>,
     ) -> Publish {
         let s = &self.shared;
-        if ticket != LEASED {
+        if ticket != LEASED && ticket != APART {
             if result.is_ok() {
                 s.dirty.lock().insert(key.clone());
             }
@@ -213,6 +282,9 @@ where
             },
             Err(_) => None,
         };
+        if ticket == APART {
+            return s.put_apart(key, held, payload, result.is_ok()).await;
+        }
         let kind = if payload.is_some() { "data" } else { "fail" };
         let payload = payload.unwrap_or_default();
         s.counters.round_trips.fetch_add(1, Relaxed);

@@ -134,6 +134,9 @@ where
     (task, handle)
 }
 
+/// A shared entry's version, update time and digest, as `HMGET` gives them.
+type Shared3 = (Option<u64>, Option<u64>, Option<String>);
+
 /// Invalidations made while alone, sent when the node rejoins.
 type Pending = Arc<parking_lot::Mutex<VecDeque<String>>>;
 
@@ -276,59 +279,96 @@ where
         for chunk in keys.chunks(CHUNK) {
             let mut pipe = redis::pipe();
             for key in chunk {
-                pipe.cmd("HMGET").arg(s.key("e", key)).arg("v").arg("u");
+                pipe.cmd("HMGET")
+                    .arg(s.key("e", key))
+                    .arg("v")
+                    .arg("u")
+                    .arg("h");
             }
-            let rows: Vec<(Option<u64>, Option<u64>)> = pipe.query_async(conn).await?;
-            for (key, (v, u)) in chunk.iter().zip(rows) {
-                self.sync_one(conn, key, v.unwrap_or(0), u.unwrap_or(0))
-                    .await?;
+            let rows: Vec<Shared3> = pipe.query_async(conn).await?;
+            for (key, row) in chunk.iter().zip(rows) {
+                self.sync_one(conn, key, row).await?;
             }
         }
         Ok(())
     }
 
-    /// One key against Redis's version `shared_v` (updated at `shared_u`).
+    /// One key against what Redis holds of it (its version, update time
+    /// and digest): this node takes a newer version, confirms the same
+    /// data, and pushes its own otherwise (`PUT` decides, atomically, what
+    /// the same version with other data becomes).
     async fn sync_one(
         &self,
         conn: &mut MultiplexedConnection,
         key: &QueryKey,
-        shared_v: u64,
-        shared_u: u64,
+        (shared_v, shared_u, shared_h): Shared3,
     ) -> Result<(), redis::RedisError> {
         let s = &self.shared;
+        let (shared_v, shared_u) = (shared_v.unwrap_or(0), shared_u.unwrap_or(0));
         let Some(local) = self.client.inner.snapshot(key) else {
             return Ok(());
         };
         if shared_v > local.version {
             self.take(conn, key).await?;
-        } else if shared_v == local.version && shared_v > 0 {
+            return Ok(());
+        }
+        let payload = match s.codec.encode(key, &local.value) {
+            Ok(p) if p.len() <= s.options.max_payload_bytes => p,
+            // Not shared: kept local, as on the fetch path.
+            _ => {
+                if shared_v == local.version && shared_v > 0 {
+                    self.client
+                        .inner
+                        .confirm(key, shared_v, unix_ms_to_time(shared_u));
+                }
+                return Ok(());
+            }
+        };
+        let local_h = digest(&payload);
+        if shared_v == local.version && shared_v > 0 && shared_h.as_deref() == Some(&*local_h) {
             self.client
                 .inner
                 .confirm(key, shared_v, unix_ms_to_time(shared_u));
-        } else if let Ok(payload) = s.codec.encode(key, &local.value)
-            && payload.len() <= s.options.max_payload_bytes
-        {
-            let answer: (String, u64) = s
-                .scripts
-                .put
-                .key(s.key("e", key))
-                .key(s.feed_key())
-                .arg(local.version)
-                .arg(&payload)
-                .arg(digest(&payload))
-                .arg(key.text())
-                .arg(&s.options.node_id)
-                .arg(s.options.feed_len)
-                .arg(entry_ttl_ms(s))
-                .arg("sync")
-                .arg(crate::rt::unix_millis(local.updated_at))
-                .invoke_async(conn)
-                .await?;
-            if answer.0 == "older" {
-                self.take(conn, key).await?;
-            }
+            return Ok(());
+        }
+        if self.put_sync(conn, key, &local, &payload).await? == "older" {
+            self.take(conn, key).await?;
         }
         Ok(())
+    }
+
+    /// `PUT` in `sync` mode of this node's `local` data (`payload`): what
+    /// the script answered. Two nodes apart may have given one version to
+    /// different data: this node's then has the next one, as on every node
+    /// that hears it.
+    async fn put_sync(
+        &self,
+        conn: &mut MultiplexedConnection,
+        key: &QueryKey,
+        local: &crate::client::Snapshot<V>,
+        payload: &[u8],
+    ) -> Result<String, redis::RedisError> {
+        let s = &self.shared;
+        let (tag, numbered): (String, u64) = s
+            .scripts
+            .put
+            .key(s.key("e", key))
+            .key(s.feed_key())
+            .arg(local.version)
+            .arg(payload)
+            .arg(digest(payload))
+            .arg(key.text())
+            .arg(&s.options.node_id)
+            .arg(s.options.feed_len)
+            .arg(entry_ttl_ms(s))
+            .arg("sync")
+            .arg(crate::rt::unix_millis(local.updated_at))
+            .invoke_async(conn)
+            .await?;
+        if tag == "version" && numbered > local.version {
+            self.client.inner.renumber(key, local.version, numbered);
+        }
+        Ok(tag)
     }
 
     /// Applies Redis's value of `key` here.
@@ -348,6 +388,20 @@ where
         let (Some(v), Some(u), Some(d)) = (v, u, d) else {
             return Ok(false);
         };
+        // The same version with other data: this node numbered its data
+        // alone (Redis was away, or around a rejoin). Taking Redis's would
+        // change the data under an unchanged version: push this node's
+        // instead, which `PUT` gives the next version.
+        if let Some(local) = self.client.inner.snapshot(key)
+            && local.version == v
+            && let Ok(payload) = s.codec.encode(key, &local.value)
+            && payload.len() <= s.options.max_payload_bytes
+            && digest(&payload) != digest(&d)
+        {
+            self.put_sync(conn, key, &local, &payload).await?;
+            s.dirty.lock().remove(key);
+            return Ok(false);
+        }
         match s.codec.decode(key, &d) {
             Ok(value) => Ok(self
                 .client
@@ -364,17 +418,18 @@ where
         let keys: Vec<QueryKey> = self.shared.dirty.lock().drain().collect();
         for (i, key) in keys.iter().enumerate() {
             let s = &self.shared;
-            let found: (Option<u64>, Option<u64>) = redis::cmd("HMGET")
+            let found: Shared3 = redis::cmd("HMGET")
                 .arg(s.key("e", key))
                 .arg("v")
                 .arg("u")
+                .arg("h")
                 .query_async(conn)
                 .await
                 .inspect_err(|_| {
                     // Not pushed yet: keep them for the next rejoin.
                     s.dirty.lock().extend(keys[i..].iter().cloned());
                 })?;
-            self.sync_one(conn, key, found.0.unwrap_or(0), found.1.unwrap_or(0))
+            self.sync_one(conn, key, found)
                 .await
                 .inspect_err(|_| s.dirty.lock().extend(keys[i..].iter().cloned()))?;
         }

@@ -180,6 +180,11 @@ impl ClusterError {
     fn of(target: &str, e: &redis::RedisError) -> Self {
         let target = target.to_owned();
         let reason = e.to_string();
+        // A wrong password at connect is the client's own error kind (no
+        // server code); a missing one, the server's NOAUTH.
+        if e.kind() == redis::ErrorKind::AuthenticationFailed {
+            return ClusterError::Auth { target, reason };
+        }
         match e.code() {
             Some("WRONGPASS" | "NOAUTH" | "NOPERM") => {
                 return ClusterError::Auth { target, reason };
@@ -577,5 +582,18 @@ mod tests {
         );
         assert_eq!(redact_url("redis://host/0"), "redis://host/0");
         assert_ne!(digest(b"a"), digest(b"b"));
+    }
+
+    #[test]
+    fn a_refused_password_is_an_auth_error() {
+        // What redis-rs answers to a wrong password (the AUTH at connect).
+        let wrong = redis::RedisError::from((
+            redis::ErrorKind::AuthenticationFailed,
+            "Password authentication failed",
+        ));
+        assert!(matches!(
+            ClusterError::of("h:1/0", &wrong),
+            ClusterError::Auth { .. }
+        ));
     }
 }

@@ -8,7 +8,7 @@
 //!
 //! Two stores ship: [`MemoryStore`] (tests, and apps that want the
 //! write-behind machinery without a disk) and, with the `redb` feature (on by
-//! default), [`RedbStore`]: an embedded, ACID, crash-safe file.
+//! default), `RedbStore`: an embedded, ACID, crash-safe file.
 
 mod codec;
 #[cfg(all(feature = "web", target_arch = "wasm32", target_os = "unknown"))]
