@@ -313,6 +313,7 @@ pub(crate) async fn serve(
         app: AppRoutes::new(&config),
         passthrough: config.server.passthrough,
         read_token,
+        store: persist.as_ref().map(PersistHandle::stats_view),
         cluster: cluster.as_ref().map(|(tier, _)| tier.clone()),
     });
     LiveHub::start(&state);

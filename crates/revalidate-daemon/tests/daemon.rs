@@ -388,6 +388,63 @@ async fn a_restart_serves_from_the_store_without_calling_the_upstream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_store_flushes_went_up_by_two_a_sigkill_loses_nothing_read() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("cache.redb");
+    let cfg = config(
+        &up.base_url(),
+        "item = \"1h\"",
+        &format!(
+            "[store]\npath = \"{}\"\nflush_every = \"100ms\"\n",
+            store.display()
+        ),
+    );
+    let stats =
+        async |d: &Daemon| -> Value { get(&d.url("/v1/stats")).await.json().await.unwrap() };
+    let first = Daemon::start_with(&cfg, Some(dir.path()), &[]);
+    let mut bodies = Vec::new();
+    for i in 0..3 {
+        let r = get(&first.url(&format!("/v1/resources/item.get?id={i}"))).await;
+        bodies.push(r.text().await.unwrap());
+    }
+    let seen = stats(&first).await["store"].clone();
+    assert_eq!(seen["failed_flushes"], 0, "{seen}");
+    let flushes = seen["flushes"].as_u64().unwrap();
+    // Something keeps changing (a new query every round) so that flushes
+    // have something to write.
+    let mut n = 100;
+    eventually(
+        Duration::from_secs(10),
+        "flushes to go up by two",
+        async || {
+            n += 1;
+            get(&first.url(&format!("/v1/resources/other.get?n={n}"))).await;
+            stats(&first).await["store"]["flushes"].as_u64().unwrap() >= flushes + 2
+        },
+    )
+    .await;
+    let written = stats(&first).await["store"]["written"].as_u64().unwrap();
+    assert!(written >= 3, "{written}");
+    // SIGKILL: no shutdown flush.
+    drop(first);
+    let calls = up.calls("item.get");
+
+    let second = Daemon::start_with(&cfg, Some(dir.path()), &[]);
+    for (i, body) in bodies.iter().enumerate() {
+        let r = get(&second.url(&format!("/v1/resources/item.get?id={i}"))).await;
+        assert_eq!(header(&r, "cache-status"), "revalidate; hit", "id={i}");
+        assert_eq!(&r.text().await.unwrap(), body);
+    }
+    assert_eq!(up.calls("item.get"), calls, "served from the store");
+    let fresh = stats(&second).await["store"].clone();
+    assert_eq!(
+        fresh["flushes"], 0,
+        "the figures are this process's: {fresh}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_answer_in_json_and_bad_data_is_never_cached() {
     let up = Upstream::start().await;
     let d = Daemon::start(&config(&up.base_url(), "item = \"1h\"", ""));
@@ -536,6 +593,7 @@ async fn state_metrics_and_health_endpoints() {
     assert_eq!(stats["cache"]["misses"], 1);
     assert_eq!(stats["cache"]["fresh_hits"], 1);
     assert_eq!(stats["max_concurrent_refreshes"], 3);
+    assert_eq!(stats["store"], Value::Null, "no [store]: no store figures");
     let metrics = get(&d.url("/metrics")).await.text().await.unwrap();
     assert!(
         metrics.contains("revalidate_refreshes_total{resource=\"item\",outcome=\"success\"} 1"),

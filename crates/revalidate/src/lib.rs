@@ -108,7 +108,9 @@ pub use fetch::{
 pub use key::{KeyHasher, PassThroughHasher, QueryKey, default_resource};
 pub use log::{debug_enabled, set_debug};
 pub use network::{NetworkMonitor, NetworkStatus, OfflineReason};
-pub use persist::{HydrateReport, PersistHandle, PersistOptions, PersistStats, Persistence};
+pub use persist::{
+    HydrateReport, PersistHandle, PersistOptions, PersistStats, PersistStatsView, Persistence,
+};
 pub use policy::{
     BUILT_IN_DEFAULT, DurationError, LayerBuilder, Policy, PolicyBuilder, PolicyError, Rule,
     Staleness, parse_duration,

@@ -451,6 +451,42 @@ impl PersistHandle {
 
     /// Write-behind figures.
     pub fn stats(&self) -> PersistStats {
+        self.stats_view().stats()
+    }
+
+    /// A view of [`stats`](Self::stats) that can be kept elsewhere (a
+    /// server's stats route) while this handle keeps the only say over the
+    /// task: the view neither flushes nor keeps the task running.
+    pub fn stats_view(&self) -> PersistStatsView {
+        PersistStatsView {
+            dirty: self.dirty.clone(),
+            counters: self.counters.clone(),
+        }
+    }
+}
+
+/// The write-behind's figures, read from anywhere; made by
+/// [`PersistHandle::stats_view`].
+#[derive(Clone)]
+pub struct PersistStatsView {
+    dirty: Arc<Dirty>,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for PersistStatsView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PersistStatsView")
+            .field(&self.stats())
+            .finish()
+    }
+}
+
+impl PersistStatsView {
+    /// Write-behind figures now. A flush is counted once its transaction
+    /// committed and flushes run one after another, so a change made before
+    /// `flushes` was read is durable once it has gone up twice since: the
+    /// second flush started after the read and wrote what was still pending.
+    pub fn stats(&self) -> PersistStats {
         let c = &self.counters;
         PersistStats {
             flushes: c.flushes.load(Relaxed),

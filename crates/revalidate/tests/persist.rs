@@ -379,3 +379,120 @@ async fn a_client_is_persisted_once() {
     let again = Persistence::new(MemoryStore::new()).start(&c).await;
     assert!(again.unwrap_err().to_string().contains("already persisted"));
 }
+
+/// A store whose transactions, once `gated`, wait for a permit: a flush can
+/// be held in progress while the test makes changes.
+struct Gated {
+    inner: MemoryStore,
+    gated: std::sync::atomic::AtomicBool,
+    gate: tokio::sync::Semaphore,
+}
+
+impl Store for Gated {
+    async fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        if self.gated.load(std::sync::atomic::Ordering::SeqCst) {
+            self.gate.acquire().await.unwrap().forget();
+        }
+        self.inner.apply(batch).await
+    }
+    async fn scan(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.inner.scan().await
+    }
+    async fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.meta(name).await
+    }
+}
+
+/// Polls `f` every millisecond (of paused time) until it holds; panics
+/// after a minute.
+async fn until(what: &str, f: impl Fn() -> bool) {
+    for _ in 0..60_000 {
+        if f() {
+            return;
+        }
+        sleep(Duration::from_millis(1)).await;
+    }
+    panic!("never: {what}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_change_is_stored_once_flushes_went_up_by_two_since_it_was_seen() {
+    let store = Arc::new(Gated {
+        inner: MemoryStore::new(),
+        gated: std::sync::atomic::AtomicBool::new(false),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let fake = Fake::new();
+    let c = client(&fake);
+    let (persist, _) = Persistence::new(store.clone())
+        .flush_every(Duration::from_secs(3600))
+        .start(&c)
+        .await
+        .unwrap();
+    let persist = Arc::new(persist);
+    store.gated.store(true, std::sync::atomic::Ordering::SeqCst);
+    let before = store.inner.len();
+    let view = persist.stats_view();
+    assert_eq!(view.stats(), persist.stats());
+
+    // A flush takes `a` and is held in its transaction (whether the command
+    // below or the window's first tick runs it).
+    c.set_data(&key("process.list", json!({ "n": "a" })), json!(1));
+    let asked = tokio::spawn({
+        let p = persist.clone();
+        async move { p.flush().await }
+    });
+    until("a flush takes `a`", || view.stats().pending == 0).await;
+
+    // `b` changes after that flush took its keys; the figures read now say
+    // `flushes` = 0.
+    c.set_data(&key("process.list", json!({ "n": "b" })), json!(2));
+    let seen = view.stats();
+    assert_eq!((seen.flushes, seen.pending), (0, 1));
+
+    // One flush later `b` is not stored yet: one is not enough.
+    store.gate.add_permits(1);
+    until("the held flush commits", || view.stats().flushes == 1).await;
+    assert_eq!(store.inner.len(), before + 1, "only `a` is stored");
+
+    // Two flushes later it is.
+    store.gate.add_permits(1);
+    until("a second flush", || view.stats().flushes == 2).await;
+    assert_eq!(store.inner.len(), before + 2, "`b` is stored");
+    asked.await.unwrap().unwrap();
+    let after = view.stats();
+    assert_eq!((after.flushes, after.written, after.pending), (2, 2, 0));
+    assert_eq!(
+        after,
+        persist.stats(),
+        "the view reads the handle's figures"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stats_view_does_not_keep_the_write_behind_running() {
+    let store = Arc::new(MemoryStore::new());
+    let fake = Fake::new();
+    let c = client(&fake);
+    let (persist, _) = Persistence::new(store.clone())
+        .flush_every(Duration::from_secs(3600))
+        .start(&c)
+        .await
+        .unwrap();
+    let view = persist.stats_view();
+    c.set_data(&key("process.list", Value::Null), json!(1));
+    assert_eq!(view.stats().pending, 1);
+    // Dropping the handle stops the task after a last flush, the view
+    // alive or not; the view then reads the final figures.
+    drop(persist);
+    for _ in 0..100 {
+        if store.len() == 1 {
+            break;
+        }
+        sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(store.len(), 1, "the last flush ran");
+    let s = view.stats();
+    assert_eq!((s.flushes, s.written, s.pending), (1, 1, 0));
+    assert!(format!("{view:?}").contains("flushes: 1"), "{view:?}");
+}

@@ -161,6 +161,23 @@ pub(crate) fn stats_json(state: &AppState) -> Value {
                 "last_build_us": state.live.last_build_us(),
             }),
         );
+        // What the write-behind has made durable: a change seen before
+        // `flushes` is read is on disk once `flushes` has gone up twice.
+        map.insert(
+            "store".into(),
+            match &state.store {
+                Some(view) => {
+                    let s = view.stats();
+                    json!({
+                        "flushes": s.flushes,
+                        "written": s.written,
+                        "failed_flushes": s.failed_flushes,
+                        "pending": s.pending,
+                    })
+                }
+                None => Value::Null,
+            },
+        );
         map.insert(
             "upstream_requests".into(),
             json!(

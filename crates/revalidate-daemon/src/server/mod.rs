@@ -60,6 +60,8 @@ pub(crate) struct Shared {
     pub(crate) passthrough: bool,
     /// `[server] read_token_env`'s token: reads must carry it.
     pub(crate) read_token: Option<String>,
+    /// The write-behind's figures, with `[store]`.
+    pub(crate) store: Option<revalidate::PersistStatsView>,
     /// The node's tier on Redis, with `[cluster]`.
     pub(crate) cluster:
         Option<revalidate::cluster::RedisTier<Payload, crate::upstream::PayloadCodec>>,

@@ -174,6 +174,8 @@ pub(crate) struct Stats {
     upstream_requests: u64,
     bytes_saved: u64,
     live: LiveStats,
+    /// The store's write-behind; `null` without `[store]`.
+    store: Option<StoreStats>,
     #[schema(value_type = Object)]
     cache: Value,
     #[schema(value_type = Object)]
@@ -188,6 +190,20 @@ pub(crate) struct LiveStats {
     ticks_built: u64,
     /// How long the latest tick took to build (µs).
     last_build_us: u64,
+}
+
+/// The store's write-behind.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct StoreStats {
+    /// Flushes that committed something (one transaction each).
+    flushes: u64,
+    /// Entries written.
+    written: u64,
+    /// Flushes that failed (their entries are retried at the next one).
+    failed_flushes: u64,
+    /// Queries changed since the last flush took them.
+    pending: u64,
 }
 
 #[derive(OpenApi)]

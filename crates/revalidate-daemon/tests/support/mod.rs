@@ -332,6 +332,10 @@ impl Daemon {
         format!("http://{}{path}", self.addr)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM and waits for a graceful exit; returns its status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
@@ -462,6 +466,9 @@ pub struct Proc {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
     addr: Option<SocketAddr>,
+    /// The thread reading stderr; joined once the process has exited, so
+    /// that its last lines are in `lines`.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -491,7 +498,7 @@ impl Proc {
         let stderr = child.stderr.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             use std::io::BufRead;
             for line in std::io::BufReader::new(stderr)
                 .lines()
@@ -505,6 +512,7 @@ impl Proc {
             child,
             lines,
             addr: None,
+            reader: Some(reader),
         }
     }
 
@@ -570,6 +578,11 @@ impl Proc {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                // Its stderr is closed: the reader ends once it has read
+                // the last lines, which the caller may look for.
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
                 return Some(status);
             }
             if Instant::now() > deadline {
