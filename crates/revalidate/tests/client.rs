@@ -700,7 +700,9 @@ async fn recently_updated_lists_the_newest_first_and_no_more_than_asked() {
     // Written last: the newest again.
     c.set_data(&key("process.get", json!({ "id": 2 })), json!("again"));
     let ids = |qs: Vec<revalidate::QueryState<Value>>| -> Vec<i64> {
-        qs.iter().map(|q| q.key.params()["id"].as_i64().unwrap()).collect()
+        qs.iter()
+            .map(|q| q.key.params()["id"].as_i64().unwrap())
+            .collect()
     };
     assert_eq!(ids(c.recently_updated(3)), vec![2, 5, 4]);
     assert_eq!(ids(c.recently_updated(100)), vec![2, 5, 4, 3, 1, 0]);
