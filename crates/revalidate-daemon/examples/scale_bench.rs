@@ -11,7 +11,7 @@
 //! ```
 //!
 //! The upstream answers every request with a distinct ~1 KB JSON body (the
-//! request's path and query are in it), so that every key is its own
+//! request's path, query and body are in it), so that every key is its own
 //! entry; a path with `id=hot` also carries a counter, so that each fetch of
 //! it is a change. Python's servers answer a few thousand requests a
 //! second: filling a million keys through one would take the bench's whole
@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -84,17 +84,28 @@ async fn upstream() {
         let hot = hot.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let target = req
-                    .uri()
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .to_owned();
-                let n = if target.contains("id=hot") {
-                    hot.fetch_add(1, Ordering::Relaxed) + 1
-                } else {
-                    0
-                };
+                let hot = hot.clone();
                 async move {
+                    // The daemon sends an action's parameters as a JSON body
+                    // (POST, the default) or a query string (GET): both go
+                    // into the answer, so that every key's body is its own.
+                    let path = req
+                        .uri()
+                        .path_and_query()
+                        .map_or("/", |p| p.as_str())
+                        .to_owned();
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let target = format!("{path} {}", String::from_utf8_lossy(&body));
+                    let n = if target.contains("id=hot") || target.contains(r#""id":"hot""#) {
+                        hot.fetch_add(1, Ordering::Relaxed) + 1
+                    } else {
+                        0
+                    };
                     Ok::<_, Infallible>(
                         Response::builder()
                             .header("content-type", "application/json")
