@@ -245,9 +245,10 @@ ${o.extra ?? ""}
 
   /** The daemon's version of a query, read without counting a read: its `/v1/queries` entry. */
   async versionOf(key: string): Promise<number | undefined> {
-    const r = await fetch(`${this.url}/v1/queries`);
-    const queries = (await r.json()) as { key: string; version: number }[];
-    return queries.find((q) => q.key === key)?.version;
+    // The tests cache a handful of queries: one page of 1000 holds them all.
+    const r = await fetch(`${this.url}/v1/queries?limit=1000`);
+    const page = (await r.json()) as { queries: { key: string; version: number }[] };
+    return page.queries.find((q) => q.key === key)?.version;
   }
 }
 

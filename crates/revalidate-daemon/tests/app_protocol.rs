@@ -464,7 +464,7 @@ async fn a_mutation_reaches_the_upstream_once_and_invalidates_what_it_names() {
         .json()
         .await
         .unwrap();
-    let list = queries
+    let list = queries["queries"]
         .as_array()
         .unwrap()
         .iter()
@@ -616,7 +616,8 @@ async fn per_user_run(format: &str) {
                 .json()
                 .await
                 .unwrap();
-            q.as_array()
+            q["queries"]
+                .as_array()
                 .unwrap()
                 .iter()
                 .filter(|q| q["action"] == "settings.get")

@@ -384,7 +384,7 @@ async fn a_restart_serves_from_the_store_without_calling_the_upstream() {
         "zero upstream calls after the restart"
     );
     let queries: Value = get(&second.url("/v1/queries")).await.json().await.unwrap();
-    assert_eq!(queries.as_array().unwrap().len(), 3);
+    assert_eq!(queries["queries"].as_array().unwrap().len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -584,7 +584,7 @@ async fn state_metrics_and_health_endpoints() {
     get(&d.url("/v1/resources/item.get?id=1")).await;
     assert_eq!(get(&d.url("/healthz")).await.text().await.unwrap(), "ok");
     let queries: Value = get(&d.url("/v1/queries")).await.json().await.unwrap();
-    let q = &queries[0];
+    let q = &queries["queries"][0];
     assert_eq!(q["action"], "item.get");
     assert_eq!(q["status"], "fresh");
     assert_eq!(q["staleness"], "1h");
@@ -607,6 +607,77 @@ async fn state_metrics_and_health_endpoints() {
     let page = get(&d.url("/")).await;
     assert!(header(&page, "content-type").starts_with("text/html"));
     assert!(page.text().await.unwrap().contains("EventSource"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_query_listing_comes_in_pages_in_key_order() {
+    let up = Upstream::start().await;
+    let d = Daemon::start(&config(&up.base_url(), "item = \"1h\"", ""));
+    for i in 0..25 {
+        let r = get(&d.url(&format!("/v1/resources/item.get?id={i}"))).await;
+        assert_eq!(r.status(), 200);
+    }
+    let page = |query: String| {
+        let url = d.url(&format!("/v1/queries{query}"));
+        async move { get(&url).await }
+    };
+    // The default page holds all 25, in key order, and is the last.
+    let all: Value = page(String::new()).await.json().await.unwrap();
+    assert_eq!(all["total"], 25);
+    assert_eq!(all["next"], Value::Null, "{all}");
+    let keys = |v: &Value| -> Vec<String> {
+        v["queries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| q["key"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let whole = keys(&all);
+    assert_eq!(whole.len(), 25);
+    let mut sorted = whole.clone();
+    sorted.sort();
+    assert_eq!(whole, sorted, "key order");
+    // Pages of 7 join up to the whole list: 7, 7, 7, 4, each with the total.
+    let mut joined = Vec::new();
+    let mut query = "?limit=7".to_owned();
+    let mut sizes = Vec::new();
+    loop {
+        let p: Value = page(query.clone()).await.json().await.unwrap();
+        assert_eq!(p["total"], 25, "{p}");
+        sizes.push(keys(&p).len());
+        joined.extend(keys(&p));
+        match p["next"].as_str() {
+            Some(next) => query = format!("?limit=7&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(sizes, [7, 7, 7, 4]);
+    assert_eq!(joined, whole, "no query missed or repeated");
+    // A page of exactly the rest says there is no more.
+    let p: Value = page("?limit=25".into()).await.json().await.unwrap();
+    assert_eq!(p["next"], Value::Null, "{p}");
+    // Out of bounds or not a cursor: 400 with what is accepted.
+    for bad in [
+        "?limit=0",
+        "?limit=1001",
+        "?limit=ten",
+        "?after=%21%21",
+        "?after=e30",
+    ] {
+        let r = page(bad.into()).await;
+        assert_eq!(r.status(), 400, "{bad}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "bad_request", "{bad}: {body}");
+        let message = body["message"].as_str().unwrap();
+        if bad.starts_with("?limit") {
+            assert!(message.contains("1 to 1000"), "{bad}: {message}");
+        } else {
+            assert!(message.contains("next"), "{bad}: {message}");
+        }
+    }
+    let top: Value = page("?limit=1000".into()).await.json().await.unwrap();
+    assert_eq!(keys(&top), whole);
 }
 
 #[test]

@@ -102,7 +102,8 @@ impl Rig {
             .json()
             .await
             .unwrap();
-        all.as_array()
+        all["queries"]
+            .as_array()
             .unwrap()
             .iter()
             .find(|q| q["action"] == "item.get")

@@ -792,8 +792,8 @@ async fn kill_and_restart(
     let d = Daemon::start_with(cfg, Some(dir), &[("SOAK_ADMIN_TOKEN", TOKEN)]);
 
     // Before any read: every durable item is there, not older.
-    let queries = json_of(&http, &d.url("/v1/queries")).await;
-    let versions: HashMap<String, u64> = queries
+    let queries = json_of(&http, &d.url("/v1/queries?limit=1000")).await;
+    let versions: HashMap<String, u64> = queries["queries"]
         .as_array()
         .unwrap()
         .iter()
@@ -984,8 +984,8 @@ async fn soak() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let want = up.bump_all();
-    let queries = json_of(&http, &daemon.url("/v1/queries")).await;
-    let ids: Vec<String> = queries
+    let queries = json_of(&http, &daemon.url("/v1/queries?limit=1000")).await;
+    let ids: Vec<String> = queries["queries"]
         .as_array()
         .unwrap()
         .iter()

@@ -99,5 +99,5 @@ inactive_after = "1h"
         .json()
         .await
         .unwrap();
-    assert_eq!(queries.as_array().unwrap().len(), expected.len());
+    assert_eq!(queries["queries"].as_array().unwrap().len(), expected.len());
 }

@@ -81,7 +81,7 @@ async fn refused(d: &Daemon, action: &str, status: u16) -> String {
     assert_eq!(body["kind"], "rejected", "{action}: {body}");
     assert_eq!(body["status"], status, "{action}: {body}");
     let queries: Value = get(&d.url("/v1/queries")).await.json().await.unwrap();
-    let q = queries
+    let q = queries["queries"]
         .as_array()
         .unwrap()
         .iter()

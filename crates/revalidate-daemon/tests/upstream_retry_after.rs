@@ -71,7 +71,8 @@ fn upstream(b: Arc<Behaviour>) -> impl Fn(&support::faults::Received) -> Respons
 }
 
 async fn queries(d: &Daemon) -> Value {
-    get(&d.url("/v1/queries")).await.json().await.unwrap()
+    let mut page: Value = get(&d.url("/v1/queries")).await.json().await.unwrap();
+    page["queries"].take()
 }
 
 fn now_ms() -> u64 {

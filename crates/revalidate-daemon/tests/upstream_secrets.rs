@@ -300,7 +300,7 @@ async fn nothing_leaks(args: &[&str]) {
     );
     let (_, queries) = text(&d.url("/v1/queries")).await;
     let parsed: Value = serde_json::from_str(&queries).unwrap();
-    let errors: Vec<&str> = parsed
+    let errors: Vec<&str> = parsed["queries"]
         .as_array()
         .unwrap()
         .iter()

@@ -664,3 +664,47 @@ async fn max_queries_holds_under_concurrent_misses_on_real_threads() {
         "{peak} queries cached with a cap of 50 and 8 in flight"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn pages_of_queries_follow_key_order_and_join_up_to_the_whole_list() {
+    let c = client(&Fake::new());
+    for i in [7, 3, 11, 0, 5, 9, 1] {
+        c.set_data(&key("process.get", json!({ "id": i })), json!(i));
+    }
+    let whole: Vec<QueryKey> = c.queries().into_iter().map(|q| q.key).collect();
+    for limit in 1..=8 {
+        let mut joined = Vec::new();
+        let mut after: Option<QueryKey> = None;
+        loop {
+            let page = c.queries_page(after.as_ref(), limit);
+            assert!(page.len() <= limit);
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().map(|q| q.key.clone());
+            joined.extend(page.into_iter().map(|q| q.key));
+        }
+        assert_eq!(joined, whole, "pages of {limit}");
+    }
+    assert!(c.queries_page(None, 0).is_empty());
+    assert!(c.queries_page(whole.last(), 10).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn recently_updated_lists_the_newest_first_and_no_more_than_asked() {
+    let c = client(&Fake::new());
+    for i in 0..6 {
+        c.set_data(&key("process.get", json!({ "id": i })), json!(i));
+        advance(Duration::from_secs(1)).await;
+    }
+    // Written last: the newest again.
+    c.set_data(&key("process.get", json!({ "id": 2 })), json!("again"));
+    let ids = |qs: Vec<revalidate::QueryState<Value>>| -> Vec<i64> {
+        qs.iter()
+            .map(|q| q.key.params()["id"].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(ids(c.recently_updated(3)), vec![2, 5, 4]);
+    assert_eq!(ids(c.recently_updated(100)), vec![2, 5, 4, 3, 1, 0]);
+    assert!(c.recently_updated(0).is_empty());
+}

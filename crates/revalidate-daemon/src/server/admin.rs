@@ -1,8 +1,8 @@
 //! Operations: invalidation (admin token), state as JSON, Prometheus
 //! metrics, health, and the dashboard page.
 
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse, Response};
 use revalidate::{FetchStatus, QueryFilter, QueryKey, QueryState};
@@ -237,24 +237,107 @@ pub(crate) fn query_json(scopes: &Scopes, q: &QueryState<Payload>) -> Value {
     })
 }
 
-pub(crate) fn queries_json(state: &AppState) -> Value {
-    let scopes = state.upstream.scopes();
-    Value::Array(
-        state
-            .client
-            .queries()
-            .iter()
-            .map(|q| query_json(scopes, q))
-            .collect(),
-    )
+/// Queries in one page of `/v1/queries` when `limit` is not given.
+const DEFAULT_PAGE: usize = 100;
+/// The largest `limit` of `/v1/queries`: a page costs a state and a JSON
+/// object per query, which is what pagination bounds.
+const MAX_PAGE: usize = 1000;
+
+/// What a `/v1/queries` client asked for: `?limit=N&after=CURSOR`.
+#[derive(Debug)]
+struct PageQuery {
+    limit: usize,
+    after: Option<QueryKey>,
 }
 
-/// Every cached query, sorted by key.
+fn page_query(query: Option<&str>) -> Result<PageQuery, ApiError> {
+    let mut page = PageQuery {
+        limit: DEFAULT_PAGE,
+        after: None,
+    };
+    for (k, v) in super::resources::form_pairs(query.unwrap_or_default())? {
+        match k.as_str() {
+            "limit" => {
+                page.limit = v
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "limit `{v}`: a whole number from 1 to {MAX_PAGE} (default {DEFAULT_PAGE})"
+                        ))
+                    })?;
+            }
+            "after" => page.after = Some(decode_cursor(&v)?),
+            _ => {}
+        }
+    }
+    Ok(page)
+}
+
+/// The continuation token after `key`: `[action, params]` as JSON, base64url. Opaque to
+/// clients; it is the engine's key (for a per-user query, with its owner's
+/// keyed-hash id, never a credential), so that a page starts exactly after
+/// the previous one in the engine's key order.
+fn encode_cursor(key: &QueryKey) -> String {
+    use base64::Engine as _;
+    let text = serde_json::to_vec(&(key.action(), key.params())).unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+}
+
+fn decode_cursor(cursor: &str) -> Result<QueryKey, ApiError> {
+    use base64::Engine as _;
+    let bad = || {
+        ApiError::bad_request(format!(
+            "after `{cursor}` is not a cursor: pass the `next` of the previous page as it is"
+        ))
+    };
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor.trim())
+        .map_err(|_| bad())?;
+    let (action, params): (String, Value) = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    if action.contains('\0') {
+        return Err(bad());
+    }
+    Ok(QueryKey::new(action, params))
+}
+
+/// One page of the cached queries in key order, with the total and the
+/// cursor of the next page (`null` on the last).
+fn queries_page_json(state: &AppState, page: &PageQuery) -> Value {
+    let scopes = state.upstream.scopes();
+    let total = state.client.len();
+    // One more than asked says whether another page follows.
+    let mut rows = state
+        .client
+        .queries_page(page.after.as_ref(), page.limit + 1);
+    let next = (rows.len() > page.limit).then(|| {
+        rows.truncate(page.limit);
+        rows.last().map(|q| encode_cursor(&q.key))
+    });
+    json!({
+        "queries": rows.iter().map(|q| query_json(scopes, q)).collect::<Vec<_>>(),
+        "total": total,
+        "next": next.flatten(),
+    })
+}
+
+/// The cached queries, sorted by key, a page at a time.
 #[utoipa::path(get, path = "/v1/queries", tag = "operations",
-    responses((status = 200, description = "The queries", body = Vec<super::openapi::Query>),
+    params(
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "Queries in the page: 1 to 1000, default 100"),
+        ("after" = Option<String>, Query, description = "The `next` of the previous page: the page starts after it"),
+    ),
+    responses((status = 200, description = "One page of the queries", body = super::openapi::QueriesPage),
+        (status = 400, description = "A limit out of 1..=1000, or an `after` that is not a cursor", body = super::openapi::ErrorBody),
         (status = 421, description = "A Host not in allowed_hosts", body = super::openapi::ErrorBody)))]
-pub(crate) async fn queries(State(state): State<AppState>) -> axum::Json<Value> {
-    axum::Json(queries_json(&state))
+pub(crate) async fn queries(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<axum::Json<Value>, ApiError> {
+    let page = page_query(query.as_deref())?;
+    Ok(axum::Json(queries_page_json(&state, &page)))
 }
 
 pub(crate) fn network_json(state: &AppState) -> Value {

@@ -19,7 +19,6 @@ use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::stream::{self, Stream, StreamExt};
-use revalidate::QueryState;
 use serde_json::json;
 use tokio::sync::{Notify, watch};
 use tokio_stream::wrappers::{BroadcastStream, WatchStream};
@@ -30,7 +29,6 @@ use super::error::ApiError;
 use super::{AppState, Shared};
 use crate::events::{ChangeEvent, Logged, Replay, unix_ms};
 use crate::identity::UserId;
-use crate::upstream::Payload;
 
 /// What a `/v1/events` client asked for in its query string.
 #[derive(Debug, Default)]
@@ -327,28 +325,21 @@ impl LiveHub {
 
 /// One tick: the statistics, the network, and at most `live_queries`
 /// queries, the most recently updated first, with the total.
+///
+/// The engine picks the rows in one pass that keeps only the newest
+/// `live_queries` and builds their states alone: a tick no longer clones
+/// (and sorts) the state of every cached query to show 500 of them.
 fn build_tick(state: &AppState) -> String {
-    let mut all: Vec<QueryState<Payload>> = state.client.queries();
-    let total = all.len();
-    let limit = state.live.max_queries;
-    let newest_first = |a: &QueryState<Payload>, b: &QueryState<Payload>| {
-        b.updated_at
-            .cmp(&a.updated_at)
-            .then_with(|| a.key.cmp(&b.key))
-    };
-    if all.len() > limit {
-        all.select_nth_unstable_by(limit - 1, newest_first);
-        all.truncate(limit);
-    }
-    all.sort_unstable_by(newest_first);
+    let total = state.client.len();
+    let shown = state.client.recently_updated(state.live.max_queries);
     json!({
         "now": unix_ms(std::time::SystemTime::now()),
         "stats": stats_json(state),
         "network": network_json(state),
         "cluster": cluster_json(state),
-        "queries": all.iter().map(|q| query_json(state.upstream.scopes(), q)).collect::<Vec<_>>(),
+        "queries": shown.iter().map(|q| query_json(state.upstream.scopes(), q)).collect::<Vec<_>>(),
         "queries_total": total,
-        "queries_truncated": total > all.len(),
+        "queries_truncated": total > shown.len(),
     })
     .to_string()
 }

@@ -120,6 +120,18 @@ pub(crate) struct Cluster {
     alone: Option<u64>,
 }
 
+/// `GET /v1/queries`: one page of the queries, in key order.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct QueriesPage {
+    /// At most `limit` queries.
+    queries: Vec<Query>,
+    /// How many queries are cached.
+    total: u64,
+    /// The `after` of the next page; `null` on the last page.
+    next: Option<String>,
+}
+
 /// One query of `GET /v1/queries`.
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]
@@ -227,7 +239,7 @@ pub(crate) struct StoreStats {
         super::admin::dashboard,
         openapi_json,
     ),
-    components(schemas(ErrorBody, super::admin::InvalidateRequest, Invalidated, Network, Cluster, Query, Stats)),
+    components(schemas(ErrorBody, super::admin::InvalidateRequest, Invalidated, Network, Cluster, QueriesPage, Query, Stats)),
     modifiers(&BearerAuth)
 )]
 pub(crate) struct ApiDoc;

@@ -669,6 +669,84 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClient<V> {
         all
     }
 
+    /// One page of [`queries`](Self::queries): at most `limit` queries whose
+    /// keys sort after `after` (from the first key when `None`), in key
+    /// order.
+    ///
+    /// One pass over the cache that keeps only the `limit` smallest keys it
+    /// sees: a page costs a key comparison per cached query and a state for
+    /// each of its own queries, where [`queries`](Self::queries) builds (and
+    /// sorts) a state for every one. Keys removed or added while pages are
+    /// read are skipped or seen, as their place in key order says.
+    pub fn queries_page(&self, after: Option<&QueryKey>, limit: usize) -> Vec<QueryState<V>> {
+        use std::collections::BinaryHeap;
+        if limit == 0 {
+            return Vec::new();
+        }
+        let guard = self.inner.map.guard();
+        let now = self.inner.clock.now();
+        // A max-heap of the smallest keys so far: the largest one leaves first.
+        let mut kept: BinaryHeap<&QueryKey> = BinaryHeap::with_capacity(limit.min(4096) + 1);
+        for (key, _) in self.inner.map.iter(&guard) {
+            if after.is_some_and(|a| key <= a) {
+                continue;
+            }
+            if kept.len() < limit {
+                kept.push(key);
+            } else if let Some(mut largest) = kept.peek_mut()
+                && key < *largest
+            {
+                *largest = key;
+            }
+        }
+        kept.into_sorted_vec()
+            .into_iter()
+            .filter_map(|key| {
+                let entry = self.inner.map.get(key, &guard)?;
+                Some(self.inner.state_of(key, entry, now))
+            })
+            .collect()
+    }
+
+    /// At most `limit` queries, the most recently updated first (never
+    /// updated last; equal times in key order): for a dashboard that shows
+    /// what changes, not the whole cache.
+    ///
+    /// Like [`queries_page`](Self::queries_page), one pass that keeps only
+    /// the `limit` best so far and builds a state for those only.
+    pub fn recently_updated(&self, limit: usize) -> Vec<QueryState<V>> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        if limit == 0 {
+            return Vec::new();
+        }
+        let guard = self.inner.map.guard();
+        let now = self.inner.clock.now();
+        // Larger rank = shown first: newer, then the smaller key. A min-heap
+        // of the best so far: the worst one leaves first.
+        type Rank<'k> = (Option<Stamp>, Reverse<&'k QueryKey>);
+        let mut kept: BinaryHeap<Reverse<Rank<'_>>> =
+            BinaryHeap::with_capacity(limit.min(4096) + 1);
+        for (key, entry) in self.inner.map.iter(&guard) {
+            let rank = (entry.updated_at(), Reverse(key));
+            if kept.len() < limit {
+                kept.push(Reverse(rank));
+            } else if let Some(mut worst) = kept.peek_mut()
+                && rank > worst.0
+            {
+                *worst = Reverse(rank);
+            }
+        }
+        // Ascending Reverse<rank> is descending rank: best first.
+        kept.into_sorted_vec()
+            .into_iter()
+            .filter_map(|Reverse((_, Reverse(key)))| {
+                let entry = self.inner.map.get(key, &guard)?;
+                Some(self.inner.state_of(key, entry, now))
+            })
+            .collect()
+    }
+
     /// The number of cached queries.
     pub fn len(&self) -> usize {
         self.inner.map.len()
