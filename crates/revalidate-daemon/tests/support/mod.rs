@@ -517,6 +517,11 @@ impl Proc {
     }
 
     /// Waits for the "… on http://ADDR" line; panics if the process exits.
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn listening(mut self) -> Self {
         let line = self.wait_line(" on http://", Duration::from_secs(30));
         let i = line.find(" on http://").unwrap();
