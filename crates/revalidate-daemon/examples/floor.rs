@@ -6,6 +6,12 @@
 //! target/release/examples/floor 127.0.0.1:8788 body.json
 //! ```
 
+/// The daemon's allocator (see `src/main.rs`), so that the floor differs
+/// from `revalidate serve` by the cache alone.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     let mut args = std::env::args().skip(1);
     let (Some(listen), Some(file), None) = (args.next(), args.next(), args.next()) else {
