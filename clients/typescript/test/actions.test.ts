@@ -90,8 +90,11 @@ test("a mutation through the daemon is forwarded, and the queries it invalidates
   await api.executeAction("item.update", { id: 1, name: "x" });
   assert.equal(up.calls("item.update"), 2, "mutations are not cached");
 
+  // Each update bumps item.get; the refetch after the second one answers
+  // version 2 (the first one's may answer 1 or 2), so wait for that one:
+  // a read after an earlier change could already see the later value.
   const change = await eventually("item.get to change on the feed", () =>
-    changes.find((c) => c.key === keyOf("item.get", { id: 1 }) && (c.data?.version ?? 0) > 0),
+    changes.find((c) => c.key === keyOf("item.get", { id: 1 }) && (c.data?.version ?? 0) === 2),
   );
   assert.deepEqual(await api.executeAction("item.get", { id: 1 }), change.data);
 });
