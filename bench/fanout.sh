@@ -115,6 +115,9 @@ print(f"{float(m.group(1)) * {'us': 0.001, 'ms': 1, 's': 1000}[m.group(2)]:.3f} 
 PY
 }
 
+# A warm-up, not counted: the first seconds of a fresh daemon (connections,
+# allocator, caches) would otherwise be charged to "no subscribers".
+taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNECTIONS" -d2s "$DURL/v1/resources/item.get?id=1" >/dev/null
 read -r base_p99 base_rps < <(run_wrk)
 log "reads without subscribers: p99 $base_p99 ms, $base_rps req/s"
 
