@@ -29,27 +29,15 @@ CLIENT_CPU=${CLIENT_CPU:-1}
 BIN=${REVALIDATE_BIN:-$ROOT/target/release/revalidate}
 PARTS=${PARTS:-reads memory}
 
-log() { printf '[adoption.sh] %s\n' "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
+BENCH=adoption.sh
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 for c in wrk python3 curl taskset; do
   command -v "$c" >/dev/null || die "missing: $c (apt-get install -y wrk python3 curl util-linux)"
 done
 [[ -x $BIN ]] || die "missing: $BIN — cargo build --release -p revalidate-daemon"
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/revalidate-adoption.XXXXXX")
-PIDS=()
-cleanup() {
-  local rc=$? p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  ((rc == 0)) || { tail -n 20 "$TMP"/*.log >&2 || true; }
-  rm -rf "$TMP"
-  exit "$rc"
-}
-trap cleanup EXIT
+bench_tmp adoption
 
 # --- an upstream: ~1 KB of JSON for any action; the caller's Authorization
 # --- is echoed (a per-user body), never needed to be right.

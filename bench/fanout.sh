@@ -34,11 +34,9 @@ CLIENT_CPU=${CLIENT_CPU:-1}
 BIN=${REVALIDATE_BIN:-$ROOT/target/release/revalidate}
 TOOL=${SCALE_BENCH_BIN:-$ROOT/target/release/examples/scale_bench}
 
-log() { printf '[fanout.sh] %s\n' "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
+BENCH=fanout.sh
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 for c in wrk python3 curl taskset; do
   command -v "$c" >/dev/null || die "missing: $c (apt-get install -y wrk python3 curl util-linux)"
 done
@@ -50,17 +48,7 @@ NEED=$((SUBSCRIBERS + 1024))
 ulimit -n "$NEED" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 (($(ulimit -n) >= NEED)) || die "ulimit -n is $(ulimit -n) (hard $(ulimit -Hn)): $NEED needed"
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/revalidate-fanout.XXXXXX")
-PIDS=()
-cleanup() {
-  local rc=$? p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  ((rc == 0)) || { tail -n 20 "$TMP"/*.log >&2 || true; }
-  rm -rf "$TMP"
-  exit "$rc"
-}
-trap cleanup EXIT
+bench_tmp fanout
 log "load before: $(uptime)"
 
 taskset -c "$CLIENT_CPU" "$TOOL" upstream >"$TMP/upstream.port" 2>"$TMP/upstream.log" &

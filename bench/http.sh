@@ -54,11 +54,9 @@ FLOOR_BIN=${FLOOR_BIN:-$ROOT/target/release/examples/floor}
 BEFORE_BIN=${BEFORE_BIN:-}
 STALENESS=2s # the same for every cache
 
-log() { printf '[http.sh] %s\n' "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
+BENCH=http.sh
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 # --- prerequisites (installs nothing) ----------------------------------------
 missing=0
@@ -96,70 +94,8 @@ taskset -c "$SERVER_CPU" true 2>/dev/null || die "cannot pin to CPU $SERVER_CPU 
 taskset -c "$CLIENT_CPU" true 2>/dev/null || die "cannot pin to CPU $CLIENT_CPU (set CLIENT_CPU; this bench wants 2 cores)"
 [[ $SERVER_CPU != "$CLIENT_CPU" ]] || log "warning: server and client share CPU $SERVER_CPU"
 
-# --- cleanup: every process started here, the temp dir -----------------------
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/revalidate-http-bench.XXXXXX")
-PIDS=()
-
-stop_pid() { # TERM a process (and its direct children, e.g. nginx workers), wait, then KILL
-  local pid=$1 kids i
-  kill -0 "$pid" 2>/dev/null || return 0
-  kids=$(ps -o pid= --ppid "$pid" 2>/dev/null || true)
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "pid $pid did not stop on TERM; killing it"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-  for i in $kids; do
-    kill -KILL "$i" 2>/dev/null || true
-  done
-}
-
-cleanup() {
-  local rc=$? i f
-  trap - EXIT INT TERM
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-    stop_pid "${PIDS[i]}"
-  done
-  if ((rc != 0)); then
-    for f in "$TMP"/*/error.log "$TMP"/*/stderr.log; do
-      [[ -s $f ]] || continue
-      log "---- tail of $f"
-      tail -n 20 "$f" >&2 || true
-    done
-  fi
-  rm -rf "$TMP"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# --- helpers -----------------------------------------------------------------
-USED_PORTS=" "
-free_port() {
-  local p
-  while :; do
-    p=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    [[ $USED_PORTS == *" $p "* ]] || break
-  done
-  USED_PORTS+="$p "
-  echo "$p"
-}
-
-wait_http() { # wait_http URL NAME PID
-  local i
-  for ((i = 0; i < 100; i++)); do
-    kill -0 "$3" 2>/dev/null || die "$2 exited during startup"
-    curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  die "$2 did not answer $1 within 10 s"
-}
+# --- every process started here and the temp dir go on exit (bench/lib.sh) ---
+bench_tmp http-bench
 
 start_nginx() { # start_nginx NAME: runs $TMP/NAME/nginx.conf (daemon off) in the background
   local dir=$TMP/$1
@@ -196,7 +132,7 @@ EOF
 }
 
 # --- upstream: static nginx serving a ~1 KB JSON ------------------------------
-UPORT=$(free_port)
+free_port UPORT
 U=$TMP/upstream
 mkdir -p "$U/www/actions" "$U/tmp"
 python3 - "$U/www/actions/item" <<'PY'
@@ -239,7 +175,7 @@ REVALIDATE_VERSION=$("$BIN" --version)
 
 start_nginx_cache() { # start_nginx_cache NAME EXTRA_DIRECTIVES
   local name=$1 extra=$2 port dir
-  port=$(free_port)
+  free_port port
   dir=$TMP/$name
   mkdir -p "$dir/tmp" "$dir/cache"
   {
@@ -287,7 +223,7 @@ EOF
 start_revalidate() { # start_revalidate [NAME BIN]
   local name=${1:-revalidate} bin=${2:-$BIN} port dir
   dir=$TMP/$name
-  port=$(free_port)
+  free_port port
   mkdir -p "$dir"
   cat >"$dir/revalidate.toml" <<EOF
 [server]
@@ -321,7 +257,7 @@ EOF
 
 start_floor() {
   local port dir=$TMP/floor
-  port=$(free_port)
+  free_port port
   mkdir -p "$dir"
   taskset -c "$SERVER_CPU" "$FLOOR_BIN" "127.0.0.1:$port" "$BODY_FILE" \
     >"$dir/stdout.log" 2>"$dir/stderr.log" &

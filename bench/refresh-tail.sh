@@ -40,11 +40,9 @@ SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 BIN=${REVALIDATE_BIN:-$ROOT/target/release/revalidate}
 
-log() { printf '[refresh-tail.sh] %s\n' "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
+BENCH=refresh-tail.sh
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 missing=0
 for c in wrk taskset curl python3; do
@@ -59,46 +57,10 @@ done
 }
 ((missing == 0)) || die "prerequisites missing (see above)"
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/revalidate-refresh-tail.XXXXXX")
-PIDS=()
-cleanup() {
-  local rc=$? p
-  trap - EXIT INT TERM
-  for p in "${PIDS[@]}"; do
-    kill -TERM "$p" 2>/dev/null || true
-  done
-  for p in "${PIDS[@]}"; do
-    wait "$p" 2>/dev/null || true
-  done
-  if ((rc != 0)); then
-    for f in "$TMP"/*.log; do
-      [[ -s $f ]] || continue
-      log "---- tail of $f"
-      tail -n 20 "$f" >&2 || true
-    done
-  fi
-  rm -rf "$TMP"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_http() { # wait_http URL NAME PID
-  local i
-  for ((i = 0; i < 100; i++)); do
-    kill -0 "$3" 2>/dev/null || die "$2 exited during startup"
-    curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  die "$2 did not answer $1 within 10 s"
-}
+bench_tmp refresh-tail
 
 # --- the upstream: DELAY per answer, a body that changes every second --------
-UPORT=$(free_port)
+free_port UPORT
 cat >"$TMP/upstream.py" <<'PY'
 import asyncio, json, sys, time
 
@@ -145,7 +107,7 @@ wait_http "http://127.0.0.1:$UPORT/health" upstream "$!"
 declare -A PORT PID
 start_daemon() { # start_daemon NAME STALENESS
   local name=$1 port
-  port=$(free_port)
+  free_port port
   cat >"$TMP/$name.toml" <<EOF
 [server]
 listen = "127.0.0.1:$port"
