@@ -136,6 +136,14 @@ const INVALIDATED: u8 = 2;
 /// do not bounce a cache line on every read. Activity windows are minutes.
 const TOUCH_GRANULARITY_NANOS: i64 = 250_000_000;
 
+/// Marks in the low bits of `last_read` (its time is kept to 4 ns): the
+/// entry has a subscribers' channel; the entry left the map. Kept in the
+/// read-time word so that the active count (`super::activity`) follows each
+/// change of either in one atomic step with the time.
+const SUBSCRIBED: i64 = 1;
+const GONE: i64 = 2;
+const MARKS: i64 = SUBSCRIBED | GONE;
+
 /// One cached query. `repr(C)` keeps the fields a read touches together,
 /// next to the key in the map's node.
 #[repr(C)]
@@ -170,7 +178,7 @@ impl<V> Entry<V> {
             data: DataCell::empty(),
             action,
             updated_at: AtomicI64::new(i64::MIN),
-            last_read: AtomicI64::new(now.0),
+            last_read: AtomicI64::new(now.0 & !MARKS),
             version: AtomicU64::new(version),
             slot: Slot::new(),
             generation: GENERATION.fetch_add(1, Relaxed),
@@ -200,15 +208,74 @@ impl<V> Entry<V> {
     }
 
     /// Records a read at `now` (coarsely; see `TOUCH_GRANULARITY_NANOS`).
+    /// Returns the previous read time when it moved the time of an entry
+    /// without a subscriber (which the active count must follow).
     #[inline]
-    pub(crate) fn touch(&self, now: Stamp) {
-        if now.0.saturating_sub(self.last_read.load(Relaxed)) >= TOUCH_GRANULARITY_NANOS {
-            self.last_read.store(now.0, Relaxed);
+    pub(crate) fn touch(&self, now: Stamp) -> Option<Stamp> {
+        let seen = self.last_read.load(Relaxed);
+        // The marks make `seen` at most 3 ns later: no matter here.
+        if now.0.saturating_sub(seen) >= TOUCH_GRANULARITY_NANOS {
+            self.touch_slow(seen, now)
+        } else {
+            None
+        }
+    }
+
+    #[cold]
+    fn touch_slow(&self, seen: i64, now: Stamp) -> Option<Stamp> {
+        if seen & GONE != 0 {
+            return None;
+        }
+        let next = (now.0 & !MARKS) | (seen & SUBSCRIBED);
+        // A compare-exchange, not a store: a read that lost the race to
+        // another read (or to a subscriber arriving) leaves the word to
+        // that one, whose change the count follows.
+        match self
+            .last_read
+            .compare_exchange(seen, next, Relaxed, Relaxed)
+        {
+            Ok(_) if seen & SUBSCRIBED == 0 => Some(Stamp(seen)),
+            _ => None,
         }
     }
 
     pub(crate) fn last_read(&self) -> Stamp {
-        Stamp(self.last_read.load(Relaxed))
+        Stamp(self.last_read.load(Relaxed) & !MARKS)
+    }
+
+    /// Marks the entry as having a subscribers' channel (`on`) or not.
+    /// Returns its read time when the mark changed; `None` when it did not
+    /// change or the entry left the map. Called with the writer lock held
+    /// (`_w`), which orders the marks' changes; reads may move the time
+    /// meanwhile, hence the loop.
+    pub(crate) fn mark_subscribed(&self, _w: &Locked<'_, V>, on: bool) -> Option<Stamp> {
+        let mut seen = self.last_read.load(Relaxed);
+        loop {
+            if seen & GONE != 0 || (seen & SUBSCRIBED != 0) == on {
+                return None;
+            }
+            let next = seen ^ SUBSCRIBED;
+            match self
+                .last_read
+                .compare_exchange_weak(seen, next, Relaxed, Relaxed)
+            {
+                Ok(_) => return Some(Stamp(seen & !MARKS)),
+                Err(now) => seen = now,
+            }
+        }
+    }
+
+    /// Whether the entry left the map (see `mark_gone`).
+    pub(crate) fn is_gone(&self) -> bool {
+        self.last_read.load(Relaxed) & GONE != 0
+    }
+
+    /// Marks the entry as gone from the map (called once, with the writer
+    /// lock held, right after its removal). Returns its read time and
+    /// whether it had a subscribers' channel; `None` if it was marked before.
+    pub(crate) fn mark_gone(&self, _w: &Locked<'_, V>) -> Option<(Stamp, bool)> {
+        let seen = self.last_read.fetch_or(GONE, Relaxed);
+        (seen & GONE == 0).then_some((Stamp(seen & !MARKS), seen & SUBSCRIBED != 0))
     }
 
     pub(crate) fn updated_at(&self) -> Option<Stamp> {
