@@ -6,32 +6,33 @@
 //! overlap:
 //!
 //! - `subscribed`: queries with a subscribers' channel. An entry carries a
-//!   `SUBSCRIBED` mark in its read-time word while it has one, set and
-//!   cleared under the entry's lock (`Entry::mark_subscribed`).
-//! - read buckets: every other query is counted in the bucket of its last
-//!   read time, in slices of `slot_nanos`. A read that moves an entry's
-//!   read time to another slice (reads record the time only every 250 ms
-//!   per entry, `Entry::touch`) moves it from one bucket to the other; the
-//!   buckets within the window, summed, are the recently read queries.
-//!
-//! Every change of an entry's read-time word that matters here (a read
-//! moving it, the first subscriber, the last one leaving, the entry leaving
-//! the map) is one atomic step on that word, and the bucket or counter
-//! update follows what that step saw, so concurrent steps on one entry
-//! chain up (each moves the count out of where the previous one put it).
+//!   `SUBSCRIBED` mark while it has one, set and cleared under the entry's
+//!   lock (`Entry::mark_subscribed`), so this part is exact.
+//! - read buckets: every other query is counted in the bucket of the slice
+//!   of time its last read falls in. Slices are 1/128 of the window (at
+//!   least 250 ms, the granularity reads record their time at). A read that
+//!   moves an entry's read time into another slice (`Entry::touch`: once
+//!   per slice per entry, a compare-exchange) moves it from one bucket to
+//!   the other; the buckets of the slices the window overlaps, summed, are
+//!   the recently read queries.
 //!
 //! Buckets form a ring: a bucket holds its slice number beside its count,
 //! and a slice newer by a whole turn of the ring takes the bucket over,
 //! dropping counts that left the window long ago. A move out of a slice
-//! whose bucket was taken over is dropped too: its count was. A mistake
-//! (an entry counted after it left, say) therefore heals by itself once
-//! the slice leaves the window.
+//! whose bucket was taken over is dropped too: its count was.
 //!
-//! Precision: a query counts as read recently when its last read is in a
-//! slice that overlaps the window, so a query read up to one slice longer
-//! ago than `inactive_after` may still be counted (the slice is 250 ms, or
-//! 1/1024 of the window when that is longer). `QueryState::is_active` and the
-//! refresh service use the exact rule.
+//! Precision (a bounded approximation, chosen so that the read path takes
+//! no locked instruction within a slice):
+//!
+//! - a query counts as read recently when its last read is in a slice that
+//!   overlaps the window, so one read up to one slice longer ago than
+//!   `inactive_after` may still be counted (`QueryState::is_active` and the
+//!   refresh service keep the exact rule);
+//! - a subscription, unsubscription or removal racing with a read that
+//!   moves the same entry into a new slice can leave a bucket one off.
+//!   That error lives in the buckets alone, so it leaves the count when its
+//!   slice leaves the window: it lasts at most the window plus a slice, and
+//!   never accumulates beyond the races of one window.
 //!
 //! The buckets are spread over a few stripes (by entry address), so that
 //! readers on several threads moving entries into the current slice do not
@@ -48,8 +49,9 @@ use crate::rt::Stamp;
 const STRIPES: usize = 8;
 /// The finest slice: the granularity reads record their time at.
 const MIN_SLOT_NANOS: i64 = 250_000_000;
-/// The most slices the window is cut into (a long window gets longer slices).
-const MAX_WINDOW_SLOTS: i64 = 1024;
+/// The most slices the window is cut into: a read takes a compare-exchange
+/// once per slice per entry (4.7 s for the default 10-minute window).
+const MAX_WINDOW_SLOTS: i64 = 128;
 /// Slices beyond the window's in the ring: room for the slice of a read
 /// whose clock ran slightly ahead, and for the one at the window's edge.
 const SPARE_SLOTS: i64 = 3;
@@ -91,10 +93,8 @@ impl Activity {
     /// Buckets for an activity window of `window`, starting at `now`.
     pub(super) fn new(window: std::time::Duration, now: Stamp) -> Self {
         let window = crate::rt::duration_nanos(window).max(1);
-        // A multiple of 4: an entry keeps its read time to 4 ns (the low
-        // bits hold marks), which then never crosses a slice boundary.
         let div_ceil = |a: i64, b: i64| (a + b - 1) / b;
-        let slot_nanos = MIN_SLOT_NANOS.max(div_ceil(window, MAX_WINDOW_SLOTS * 4) * 4);
+        let slot_nanos = MIN_SLOT_NANOS.max(div_ceil(window, MAX_WINDOW_SLOTS));
         let len = div_ceil(window, slot_nanos) + SPARE_SLOTS;
         // Bucket `i` holds the slices `i` modulo `len`. Each starts with
         // one more than a whole turn in the past: taken over by the first
@@ -109,6 +109,11 @@ impl Activity {
             buckets,
             subscribed: AtomicI64::new(0),
         }
+    }
+
+    /// The length of a slice: `Entry::touch` needs it.
+    pub(super) fn slot_nanos(&self) -> i64 {
+        self.slot_nanos
     }
 
     fn slice_of(&self, t: Stamp) -> i64 {

@@ -1025,7 +1025,7 @@ impl<V> Inner<V> {
     /// it in the active count if its read time moved.
     #[inline]
     fn touch(&self, entry: &Entry<V>, now: Stamp) {
-        if let Some(from) = entry.touch(now) {
+        if let Some(from) = entry.touch(now, self.activity.slot_nanos()) {
             self.activity.moved(entry, from, now);
         }
     }
