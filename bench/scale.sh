@@ -7,7 +7,7 @@
 #   RSS/query  (VmRSS after the fill − VmRSS of the same daemon empty) / N
 #   read p99   wrk over random keys of the N, against one hot key (same run)
 #   listing    GET /v1/queries?limit=100 (first page and a later one)
-#   /v1/stats  its latency (it counts active queries: a pass over the cache)
+#   /v1/stats  its latency (its active count is kept by the engine, no pass)
 #   live tick  /v1/stats live.last_build_us with a /v1/live stream open
 #   store      the redb file's size after the daemon stopped (and flushed)
 #   hydrate    a restart on that store: from exec to listening, and the log's

@@ -185,6 +185,46 @@ impl QueryKey {
     }
 }
 
+/// A key's text alone, in the same order as keys: the ordered index of the
+/// cache's keys holds these. 16 bytes, and no copy: it shares the key's
+/// allocation (a reference count).
+///
+/// Comparing texts byte by byte is comparing keys: the action comes first,
+/// and the separator (NUL, which no action contains) sorts below every
+/// other byte, so a shorter action sorts first just as it does in
+/// `(action, params)` order.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct KeyText(Arc<str>);
+
+impl KeyText {
+    /// The key again (its hash computed anew: for listings, not hot paths).
+    pub(crate) fn to_key(&self) -> QueryKey {
+        QueryKey {
+            hash: hash_state().hash_one(self.0.as_bytes()),
+            text: self.0.clone(),
+        }
+    }
+}
+
+impl std::borrow::Borrow<str> for KeyText {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for KeyText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.to_key(), f)
+    }
+}
+
+impl QueryKey {
+    /// The key's text, sharing its allocation (see [`KeyText`]).
+    pub(crate) fn key_text(&self) -> KeyText {
+        KeyText(self.text.clone())
+    }
+}
+
 /// The resource type of an action by the default rule: the text before the
 /// first `.`, or the whole action when it has no dot.
 pub fn default_resource(action: &str) -> &str {
@@ -425,6 +465,30 @@ mod tests {
             QueryKey::bare("a").params_as::<Option<Filter>>().unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn key_texts_sort_as_keys_and_round_trip() {
+        let keys = [
+            QueryKey::bare("a"),
+            QueryKey::bare("a.b"),
+            QueryKey::bare("ab"),
+            QueryKey::new("a", json!(1)),
+            QueryKey::new("a", json!({"x": 1})),
+            QueryKey::new("a", json!({"x": "\u{0}"})),
+            QueryKey::new("a.b", json!([1, 2])),
+            QueryKey::new("a.", json!(null)),
+            QueryKey::new("a!", json!("z")),
+            QueryKey::new("b", json!(0)),
+        ];
+        for a in &keys {
+            for b in &keys {
+                assert_eq!(a.cmp(b), a.key_text().cmp(&b.key_text()), "{a:?} {b:?}");
+            }
+            assert_eq!(a.key_text().to_key(), *a);
+            assert_eq!(a.key_text().to_key().hash, a.hash);
+        }
+        assert_eq!(std::mem::size_of::<KeyText>(), 16);
     }
 
     #[test]

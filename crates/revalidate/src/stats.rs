@@ -289,7 +289,14 @@ pub struct Stats {
     /// All resources together.
     #[serde(flatten)]
     pub total: ResourceStats,
-    /// Queries with a subscriber or read within `inactive_after`.
+    /// Queries with a subscriber or read within `inactive_after`. Counted
+    /// as reads and subscriptions change, not by a pass over the cache, to
+    /// a slice of 1/128 of `inactive_after` (at least 250 ms): a query read
+    /// up to one slice more than `inactive_after` ago may still be counted,
+    /// and a race of a subscription or removal with a read of the same
+    /// query can leave it one off until that slice leaves the window.
+    /// Without a refresh service, reads keep nothing active: subscribers
+    /// alone count.
     pub active_queries: usize,
     /// Queries in the cache.
     pub cached_queries: usize,

@@ -4,8 +4,9 @@
 //! One task builds each tick, once a second while anyone listens, and
 //! every `/v1/live` stream sends that same text: the cost of a tick does
 //! not grow with the number of subscribers, and its list of queries is
-//! bounded (`[server] live_queries`, the most recently updated first), so
-//! it does not grow with the cache either beyond one pass to pick them.
+//! bounded (`[server] live_queries`, the most recently updated first), and
+//! neither it nor the statistics it carries walk the cache: the engine keeps
+//! the latest updates and the active count as they change.
 //!
 //! Every stream ends when the daemon stops, with a last `shutdown` event.
 
@@ -326,9 +327,9 @@ impl LiveHub {
 /// One tick: the statistics, the network, and at most `live_queries`
 /// queries, the most recently updated first, with the total.
 ///
-/// The engine picks the rows in one pass that keeps only the newest
-/// `live_queries` and builds their states alone: a tick no longer clones
-/// (and sorts) the state of every cached query to show 500 of them.
+/// The engine reads the rows from its index of the latest updates and
+/// builds their states alone, and counts active queries without a pass:
+/// a tick costs the same at 10k cached queries as at 1M.
 fn build_tick(state: &AppState) -> String {
     let total = state.client.len();
     let shown = state.client.recently_updated(state.live.max_queries);

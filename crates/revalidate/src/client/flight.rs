@@ -474,6 +474,8 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
                         // predate the change behind it: store it, but keep
                         // the entry stale so that it is fetched again.
                         store_answer(
+                            self,
+                            &lease.key,
                             entry,
                             &mut w,
                             fetched.value,
@@ -487,6 +489,8 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
                     Answer::Adopted(remote) => {
                         let at = self.clock.stamp_of(remote.updated_at).min(now);
                         store_answer(
+                            self,
+                            &lease.key,
                             entry,
                             &mut w,
                             Some(remote.value),
@@ -646,7 +650,10 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
 }
 
 /// Stores a value in `entry` (under its lock).
+#[allow(clippy::too_many_arguments)]
 fn store_answer<V: PartialEq>(
+    inner: &Inner<V>,
+    key: &QueryKey,
     entry: &Entry<V>,
     w: &mut Locked<'_, V>,
     value: Option<V>,
@@ -655,7 +662,7 @@ fn store_answer<V: PartialEq>(
     versioning: Versioning,
     guard: &papaya::LocalGuard<'_>,
 ) -> Result<Stored<V>, FetchError> {
-    match entry.store(w, value, at, validated, versioning, guard) {
+    match inner.store(key, entry, w, value, at, validated, versioning, guard) {
         Some((cached, changed)) => {
             entry.record_success(w);
             Ok(Stored {

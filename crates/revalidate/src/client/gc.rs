@@ -94,8 +94,7 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
         );
         match gone {
             Ok(Some((_, entry))) => {
-                // End subscriptions now rather than when the map reclaims the node.
-                drop(entry.lock().take());
+                drop(self.left_map(&d.key, entry));
                 Some(d.key)
             }
             _ => {

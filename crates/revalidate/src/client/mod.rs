@@ -21,11 +21,13 @@
 //! - [`EntryRef`]: what a staleness check needs to see of one entry;
 //! - [`snapshot`]: what persistence stores of an entry, and restores.
 
+mod activity;
 mod cell;
 mod entry;
 mod entry_ref;
 mod flight;
 mod gc;
+mod index;
 mod limiter;
 mod snapshot;
 mod state;
@@ -39,9 +41,11 @@ use std::time::{Duration, SystemTime};
 use futures::channel::oneshot;
 use parking_lot::Mutex;
 
+use activity::Activity;
 use entry::{ActionInfo, Entry};
 pub(crate) use entry_ref::EntryRef;
 pub(crate) use flight::{Lease, NoLease, Purpose, Ran};
+use index::{KeyIndex, RecentIndex};
 pub(crate) use snapshot::Snapshot;
 pub use state::{FetchStatus, Freshness, Hit, QueryState};
 pub use subscription::Subscription;
@@ -130,6 +134,12 @@ pub(crate) struct Inner<V> {
     network: NetworkMonitor,
     limiter: Limiter,
     gc: GarbageQueue,
+    /// The active queries, counted as they change (see `activity`).
+    activity: Activity,
+    /// Every cached key in key order, for pages of `queries_page`.
+    keys: crate::sync::Mutex<KeyIndex>,
+    /// The entries updated most recently, for `recently_updated`.
+    recent: crate::sync::Mutex<RecentIndex>,
     /// The highest version of any entry removed so far. A new entry's
     /// versions continue from it, so that a key removed (collected,
     /// evicted) and cached again never shows a lower version than before.
@@ -268,6 +278,8 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClientBuilder<V> {
     /// Builds the client.
     pub fn build(self) -> QueryClient<V> {
         let jitter_salt = self.coordinator.as_ref().map_or(0, |c| c.jitter_salt());
+        let clock = Clock::new(self.clock);
+        let activity = Activity::new(self.settings.inactive_after, clock.now());
         let map = papaya::HashMap::builder()
             .capacity(self.capacity)
             .hasher(KeyHasher)
@@ -282,7 +294,10 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClientBuilder<V> {
                 settings: self.settings,
                 actions: papaya::HashMap::new(),
                 resources: Mutex::default(),
-                clock: Clock::new(self.clock),
+                activity,
+                keys: crate::sync::Mutex::default(),
+                recent: crate::sync::Mutex::default(),
+                clock,
                 network: self.network.unwrap_or_default(),
                 gc: GarbageQueue::new(self.gc_time, self.max_queries),
                 version_floor: AtomicU64::new(0),
@@ -458,8 +473,10 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClient<V> {
         let guard = inner.map.guard();
         let entry = inner.entry_or_create(key, now, &guard);
         let mut w = entry.lock();
-        let (cached, changed) = entry
+        let (cached, changed) = inner
             .store(
+                key,
+                entry,
                 &mut w,
                 Some(value),
                 now,
@@ -505,7 +522,9 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClient<V> {
         if !newer {
             return false;
         }
-        let Some((_, changed)) = entry.store(
+        let Some((_, changed)) = inner.store(
+            key,
+            entry,
             &mut w,
             Some(remote.value),
             at,
@@ -539,12 +558,17 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClient<V> {
         let rx = {
             let mut w = entry.lock();
             let version = entry.version();
-            w.get_mut()
+            let rx = w
+                .get_mut()
                 .changes
                 .get_or_insert_with(|| tokio::sync::watch::Sender::new(version))
-                .subscribe()
+                .subscribe();
+            if let Some(read) = entry.mark_subscribed(&w, true) {
+                inner.activity.subscribed(entry, read);
+            }
+            rx
         };
-        entry.touch(now);
+        inner.touch(entry, now);
         if !entry.has_data() || entry.is_stale(now) {
             inner
                 .schedule
@@ -673,76 +697,79 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClient<V> {
     /// keys sort after `after` (from the first key when `None`), in key
     /// order.
     ///
-    /// One pass over the cache that keeps only the `limit` smallest keys it
-    /// sees: a page costs a key comparison per cached query and a state for
-    /// each of its own queries, where [`queries`](Self::queries) builds (and
-    /// sorts) a state for every one. Keys removed or added while pages are
-    /// read are skipped or seen, as their place in key order says.
+    /// A range of the ordered index of keys the client keeps beside its
+    /// map: a page costs a few tree steps and a state per query listed,
+    /// whatever the size of the cache. Keys removed or added while pages
+    /// are read are skipped or seen, as their place in key order says.
     pub fn queries_page(&self, after: Option<&QueryKey>, limit: usize) -> Vec<QueryState<V>> {
-        use std::collections::BinaryHeap;
-        if limit == 0 {
-            return Vec::new();
-        }
-        let guard = self.inner.map.guard();
-        let now = self.inner.clock.now();
-        // A max-heap of the smallest keys so far: the largest one leaves first.
-        let mut kept: BinaryHeap<&QueryKey> = BinaryHeap::with_capacity(limit.min(4096) + 1);
-        for (key, _) in self.inner.map.iter(&guard) {
-            if after.is_some_and(|a| key <= a) {
-                continue;
+        let inner = &self.inner;
+        let guard = inner.map.guard();
+        let now = inner.clock.now();
+        let mut page = Vec::with_capacity(limit.min(4096));
+        let mut from = after.cloned();
+        while page.len() < limit {
+            let want = limit - page.len();
+            // Copies of the keys (reference counts), taken under the lock;
+            // the states are built after it.
+            let keys = inner.keys.lock().after(from.as_ref(), want);
+            let last = keys.len() < want;
+            for text in &keys {
+                let key = text.to_key();
+                // Removed since the index was read: skipped.
+                if let Some(entry) = inner.map.get(&key, &guard) {
+                    page.push(inner.state_of(&key, entry, now));
+                }
             }
-            if kept.len() < limit {
-                kept.push(key);
-            } else if let Some(mut largest) = kept.peek_mut()
-                && key < *largest
-            {
-                *largest = key;
+            if last {
+                break;
             }
+            from = keys.last().map(crate::key::KeyText::to_key);
         }
-        kept.into_sorted_vec()
-            .into_iter()
-            .filter_map(|key| {
-                let entry = self.inner.map.get(key, &guard)?;
-                Some(self.inner.state_of(key, entry, now))
-            })
-            .collect()
+        page
     }
 
     /// At most `limit` queries, the most recently updated first (never
     /// updated last; equal times in key order): for a dashboard that shows
     /// what changes, not the whole cache.
     ///
-    /// Like [`queries_page`](Self::queries_page), one pass that keeps only
-    /// the `limit` best so far and builds a state for those only.
+    /// Read from the small index of the latest updates the client keeps
+    /// (the best few thousand ranks, kept in step by every write): a call
+    /// costs a state per query listed, whatever the size of the cache.
+    /// When the index cannot answer (the first call with a `limit` above
+    /// half of what it keeps, or fewer than `limit` queries left in it
+    /// after removals, or fewer than `limit` queries with data), one pass
+    /// over the cache answers and refills it; writes wait for that pass.
     pub fn recently_updated(&self, limit: usize) -> Vec<QueryState<V>> {
-        use std::cmp::Reverse;
-        use std::collections::BinaryHeap;
         if limit == 0 {
             return Vec::new();
         }
-        let guard = self.inner.map.guard();
-        let now = self.inner.clock.now();
-        // Larger rank = shown first: newer, then the smaller key. A min-heap
-        // of the best so far: the worst one leaves first.
-        type Rank<'k> = (Option<Stamp>, Reverse<&'k QueryKey>);
-        let mut kept: BinaryHeap<Reverse<Rank<'_>>> =
-            BinaryHeap::with_capacity(limit.min(4096) + 1);
-        for (key, entry) in self.inner.map.iter(&guard) {
-            let rank = (entry.updated_at(), Reverse(key));
-            if kept.len() < limit {
-                kept.push(Reverse(rank));
-            } else if let Some(mut worst) = kept.peek_mut()
-                && rank > worst.0
-            {
-                *worst = Reverse(rank);
+        let inner = &self.inner;
+        let guard = inner.map.guard();
+        let now = inner.clock.now();
+        let mut recent = inner.recent.lock();
+        let keys = loop {
+            let Some(best) = recent.best(limit, |n| inner.map.len() <= n) else {
+                break inner.refill_recent(&mut recent, limit, &guard);
+            };
+            // A rank whose key is no longer cached is stale (a removal
+            // raced with a write): forget it and ask again.
+            let stale: Vec<_> = best
+                .iter()
+                .filter(|(_, key)| !inner.map.contains_key(&key.0, &guard))
+                .cloned()
+                .collect();
+            if stale.is_empty() {
+                break best.into_iter().map(|(_, key)| key.0).collect::<Vec<_>>();
             }
-        }
-        // Ascending Reverse<rank> is descending rank: best first.
-        kept.into_sorted_vec()
-            .into_iter()
-            .filter_map(|Reverse((_, Reverse(key)))| {
-                let entry = self.inner.map.get(key, &guard)?;
-                Some(self.inner.state_of(key, entry, now))
+            for rank in &stale {
+                recent.forget(rank);
+            }
+        };
+        drop(recent);
+        keys.iter()
+            .filter_map(|key| {
+                let entry = inner.map.get(key, &guard)?;
+                Some(inner.state_of(key, entry, now))
             })
             .collect()
     }
@@ -776,13 +803,13 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClient<V> {
         let inner = &self.inner;
         let mut stats = Stats::from_resources(inner.resource_stats());
         let now = inner.clock.now();
-        let guard = inner.map.guard();
         stats.cached_queries = inner.map.len();
+        // Counted as reads and subscriptions change it: no pass over the
+        // cache (see `activity` for its precision at the window's edge).
         stats.active_queries = inner
-            .map
-            .iter(&guard)
-            .filter(|(_, e)| inner.is_active(e, now))
-            .count();
+            .activity
+            .count(now, inner.inactive_after_nanos())
+            .min(stats.cached_queries);
         stats
     }
 
@@ -986,11 +1013,125 @@ impl<V> Inner<V> {
         match removed.ok().flatten().map(|(_, e)| e) {
             Some(entry) => {
                 // End subscriptions now rather than when the map reclaims the node.
-                let cold = entry.lock().take();
+                let cold = self.left_map(key, entry);
                 drop(cold);
                 true
             }
             None => false,
+        }
+    }
+
+    /// Records a read of `entry` at `now` (see `Entry::touch`), and moves
+    /// it in the active count if its read time moved.
+    #[inline]
+    fn touch(&self, entry: &Entry<V>, now: Stamp) {
+        if let Some(from) = entry.touch(now, self.activity.slot_nanos()) {
+            self.activity.moved(entry, from, now);
+        }
+    }
+
+    /// Takes note that `entry` left the map (just removed by this caller):
+    /// marks it gone, takes it out of the active count, and takes its cold
+    /// state (for the caller to drop outside the lock: that ends its
+    /// subscriptions now rather than when the map reclaims the node).
+    fn left_map(&self, key: &QueryKey, entry: &Entry<V>) -> Option<Box<entry::Cold<V>>> {
+        let mut w = entry.lock();
+        match entry.mark_gone(&w) {
+            Some((_, true)) => self.activity.subscribed_left(),
+            Some((read, false)) => self.activity.left(entry, read),
+            None => return w.take(),
+        }
+        // Cached anew meanwhile (after the removal)? Then the indexes hold
+        // the new entry, which must stay.
+        let guard = self.map.guard();
+        let now_cached = || self.map.get(key, &guard);
+        if let Some(at) = entry.updated_at() {
+            self.recent.lock().removed(key, at, || {
+                now_cached().is_some_and(|e| e.updated_at() == Some(at))
+            });
+        }
+        self.keys.lock().remove(key, || now_cached().is_some());
+        w.take()
+    }
+
+    /// A pass over the cache for [`QueryClient::recently_updated`]: the
+    /// keys of the best `limit` entries, best first (those without an
+    /// update time last, in key order), refilling the recent index on the
+    /// way. Runs under the index's lock, so no update is lost meanwhile.
+    fn refill_recent(
+        &self,
+        recent: &mut RecentIndex,
+        limit: usize,
+        guard: &papaya::LocalGuard<'_>,
+    ) -> Vec<QueryKey> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let keep = RecentIndex::capacity_for(limit);
+        // Larger rank = shown first: newer, then the smaller key. A min-heap
+        // of the best so far: the worst one leaves first.
+        type Rank<'k> = (Option<Stamp>, Reverse<&'k QueryKey>);
+        let mut kept: BinaryHeap<Reverse<Rank<'_>>> = BinaryHeap::with_capacity(keep + 1);
+        let mut left_out: Option<Rank<'_>> = None;
+        for (key, entry) in self.map.iter(guard) {
+            kept.push(Reverse((entry.updated_at(), Reverse(key))));
+            if kept.len() > keep
+                && let Some(Reverse(out)) = kept.pop()
+            {
+                left_out = left_out.max(Some(out));
+            }
+        }
+        // Ascending Reverse<rank> is descending rank: best first.
+        let best: Vec<Rank<'_>> = kept.into_sorted_vec().into_iter().map(|r| r.0).collect();
+        let owned = |(at, key): &Rank<'_>| at.map(|at| (at, Reverse(key.0.clone())));
+        recent.refill(
+            limit,
+            best.iter().filter_map(owned).collect(),
+            left_out.as_ref().and_then(owned),
+        );
+        best.into_iter()
+            .take(limit)
+            .map(|(_, key)| key.0.clone())
+            .collect()
+    }
+
+    /// Stores into `entry` (see `Entry::store`), keeping the index of
+    /// recent updates in step.
+    #[allow(clippy::too_many_arguments)]
+    fn store(
+        &self,
+        key: &QueryKey,
+        entry: &Entry<V>,
+        w: &mut entry::Locked<'_, V>,
+        value: Option<V>,
+        at: Stamp,
+        validated: bool,
+        versioning: entry::Versioning,
+        guard: &papaya::LocalGuard<'_>,
+    ) -> Option<(Option<Arc<V>>, bool)>
+    where
+        V: PartialEq,
+    {
+        let before = entry.updated_at();
+        let stored = entry.store(w, value, at, validated, versioning, guard);
+        if stored.is_some() {
+            self.was_updated(key, entry, w, before);
+        }
+        stored
+    }
+
+    /// `entry`'s update time changed from `before` (its lock held): the
+    /// recent index follows, unless the entry left the map.
+    fn was_updated(
+        &self,
+        key: &QueryKey,
+        entry: &Entry<V>,
+        _w: &entry::Locked<'_, V>,
+        before: Option<Stamp>,
+    ) {
+        if let Some(at) = entry.updated_at()
+            && !entry.is_gone()
+        {
+            self.recent.lock().updated(key, before, at);
         }
     }
 
@@ -1081,7 +1222,9 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
         if entry.version() != version || entry.updated_at().is_none_or(|u| u >= at) {
             return false;
         }
-        entry.store(
+        self.store(
+            key,
+            entry,
             &mut w,
             None,
             at,
@@ -1110,16 +1253,17 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
         if entry.version() != from || to <= from {
             return false;
         }
-        entry
-            .store(
-                &mut w,
-                None,
-                entry.updated_at().unwrap_or_default(),
-                false,
-                entry::Versioning::Given(to),
-                &guard,
-            )
-            .is_some()
+        self.store(
+            key,
+            entry,
+            &mut w,
+            None,
+            entry.updated_at().unwrap_or_default(),
+            false,
+            entry::Versioning::Given(to),
+            &guard,
+        )
+        .is_some()
     }
 
     /// The cached read path. Calls `f` with the entry, its value, the time
@@ -1134,7 +1278,7 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
         let entry = self.map.get(key, &guard)?;
         let value = entry.data(&guard)?;
         let now = self.clock.now();
-        entry.touch(now);
+        self.touch(entry, now);
         let stale = entry.is_stale(now);
         entry
             .action
@@ -1208,6 +1352,8 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
         }
         match self.map.try_insert(key.clone(), entry, guard) {
             Ok(entry) => {
+                self.activity.entered(entry, now);
+                self.keys.lock().insert(key);
                 // Collect a little first, then queue the new entry: it must
                 // not be collected by the call that created it.
                 self.collect_garbage(now, 16);
@@ -1241,7 +1387,7 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
                     entry.action.counters.read(Read::Miss);
                     counted = true;
                 }
-                entry.touch(now);
+                self.touch(entry, now);
                 self.join_or_lead(key, entry, &guard)
             };
             let lease = match role {

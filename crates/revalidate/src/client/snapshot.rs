@@ -59,6 +59,7 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
         if entry.has_data() {
             return false;
         }
+        let before = entry.updated_at();
         entry.restore(
             &w,
             snapshot.value,
@@ -75,6 +76,9 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
         if snapshot.invalidated {
             entry.invalidate(&w);
         }
+        // Hydrated entries were never stored in this process: they enter
+        // the recent index here, which keeps the newest of them.
+        self.was_updated(key, entry, &w, before);
         let due = self.next_due_of(key, entry, &w, now);
         drop(w);
         self.reschedule(key, entry, due);

@@ -22,7 +22,8 @@ pub struct Subscription<V> {
     key: QueryKey,
     generation: u32,
     current: Option<Arc<V>>,
-    changes: WatchStream<u64>,
+    /// `None` only while being dropped.
+    changes: Option<WatchStream<u64>>,
 }
 
 impl<V> std::fmt::Debug for Subscription<V> {
@@ -46,7 +47,7 @@ impl<V: PartialEq + Send + Sync + 'static> Subscription<V> {
             key,
             generation,
             current,
-            changes: WatchStream::from_changes(rx),
+            changes: Some(WatchStream::from_changes(rx)),
         }
     }
 
@@ -66,7 +67,10 @@ impl<V: PartialEq + Send + Sync + 'static> Stream for Subscription<V> {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Arc<V>>> {
         loop {
-            match Pin::new(&mut self.changes).poll_next(cx) {
+            let Some(changes) = self.changes.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match Pin::new(changes).poll_next(cx) {
                 Poll::Ready(Some(_version)) => {
                     let guard = self.inner.map.guard();
                     let entry = self.inner.entry_of(&self.key, self.generation, &guard);
@@ -87,13 +91,19 @@ impl<V: PartialEq + Send + Sync + 'static> Stream for Subscription<V> {
 impl<V> Drop for Subscription<V> {
     fn drop(&mut self) {
         // With the last subscriber gone, drop the channel so the entry's
-        // cold state can be freed and the query can age out.
+        // cold state can be freed and the query can age out. The receiver
+        // goes first, under the lock: two subscriptions dropped at once
+        // then cannot both see the other's receiver and keep the channel.
         let guard = self.inner.map.guard();
         if let Some(entry) = self.inner.entry_of(&self.key, self.generation, &guard) {
             let mut w = entry.lock();
-            if w.get().is_some_and(|c| c.observers() <= 1) {
+            drop(self.changes.take());
+            if w.get().is_some_and(|c| c.observers() == 0) {
                 w.get_mut().changes = None;
                 w.tidy();
+                if let Some(read) = entry.mark_subscribed(&w, false) {
+                    self.inner.activity.unsubscribed(entry, read);
+                }
             }
         }
     }
