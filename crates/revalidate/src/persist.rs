@@ -38,6 +38,10 @@ use crate::store::{Batch, Codec, JsonCodec, Store, StoreError};
 
 const BUSTER: &str = "buster";
 
+/// Records read from the store at a time by hydrate: about 4 MiB of ~1 KB
+/// values, few enough round trips to the store's thread.
+const HYDRATE_PAGE: usize = 4096;
+
 /// How a client is persisted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -189,7 +193,7 @@ impl<S: Store, C> Persistence<S, C> {
         let mut report = HydrateReport::default();
         let stored = self.store.meta(BUSTER).await?;
         if stored.as_deref().unwrap_or_default() != self.options.buster.as_bytes() {
-            let had_data = stored.is_some() || !self.store.scan().await?.is_empty();
+            let had_data = stored.is_some() || !self.store.scan_page(None, 1).await?.is_empty();
             if had_data {
                 tracing::warn!(
                     target: "revalidate",
@@ -209,7 +213,49 @@ impl<S: Store, C> Persistence<S, C> {
         let inner = &client.inner;
         let now = inner.clock().wall_now();
         let mut prune = Batch::default();
-        for (k, v) in self.store.scan().await? {
+        if let Some(n) = self.store.count_hint().await? {
+            inner.reserve(n);
+        }
+        // A page at a time: the records read sit in memory only until their
+        // page is restored (a million of ~1 KB were a second gigabyte when
+        // read at once, allocated, faulted in and freed again).
+        let mut after = None;
+        loop {
+            let page = self.store.scan_page(after.take(), HYDRATE_PAGE).await?;
+            let last_page = page.len() != HYDRATE_PAGE;
+            after = page.last().map(|(k, _)| k.clone());
+            self.restore_page(client, page, now, &mut report, &mut prune);
+            if last_page || after.is_none() {
+                break;
+            }
+        }
+        if !prune.is_empty() {
+            self.store.apply(prune).await?;
+        }
+        decision!(
+            "💾 restored {} queries ({} expired, {} undecodable dropped)",
+            report.restored,
+            report.expired,
+            report.undecodable
+        );
+        Ok(report)
+    }
+
+    /// Restores one page of stored records into `client`; what is to be
+    /// deleted from the store goes into `prune`.
+    fn restore_page<V>(
+        &self,
+        client: &QueryClient<V>,
+        page: Vec<crate::store::KeyValue>,
+        now: SystemTime,
+        report: &mut HydrateReport,
+        prune: &mut Batch,
+    ) where
+        V: PartialEq + Send + Sync + 'static,
+        C: Codec<V>,
+    {
+        let inner = &client.inner;
+        for (k, v) in page {
             let decoded = record::key_of(&k)
                 .map_err(|e| e.to_string())
                 .and_then(|key| {
@@ -246,16 +292,6 @@ impl<S: Store, C> Persistence<S, C> {
                 report.skipped += 1;
             }
         }
-        if !prune.is_empty() {
-            self.store.apply(prune).await?;
-        }
-        decision!(
-            "💾 restored {} queries ({} expired, {} undecodable dropped)",
-            report.restored,
-            report.expired,
-            report.undecodable
-        );
-        Ok(report)
     }
 
     /// Hydrates `client`, then writes its changes behind in a task spawned on

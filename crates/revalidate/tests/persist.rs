@@ -496,3 +496,117 @@ async fn a_stats_view_does_not_keep_the_write_behind_running() {
     assert_eq!((s.flushes, s.written, s.pending), (1, 1, 0));
     assert!(format!("{view:?}").contains("flushes: 1"), "{view:?}");
 }
+
+/// A store that can only list everything at once: it gets the provided
+/// `scan_page` and `count_hint`.
+#[derive(Default)]
+struct ScanOnly(MemoryStore);
+
+impl Store for ScanOnly {
+    async fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        self.0.apply(batch).await
+    }
+    async fn scan(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        // In an order of its own, which the provided `scan_page` must not
+        // depend on.
+        let mut all = self.0.scan().await?;
+        all.reverse();
+        Ok(all)
+    }
+    async fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.meta(name).await
+    }
+}
+
+/// Reads `store` a page of `limit` at a time, as hydrate does; the pages'
+/// lengths.
+async fn pages(store: &impl Store, limit: usize) -> (Vec<Vec<u8>>, Vec<usize>) {
+    let (mut keys, mut lengths, mut after) = (Vec::new(), Vec::new(), None);
+    loop {
+        let page = store.scan_page(after.take(), limit).await.unwrap();
+        lengths.push(page.len());
+        after = page.last().map(|(k, _)| k.clone());
+        let last = page.len() != limit;
+        keys.extend(page.into_iter().map(|(k, _)| k));
+        if last || after.is_none() {
+            return (keys, lengths);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_paged_scan_visits_every_record_once_across_page_boundaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let redb = RedbStore::open(dir.path().join("cache.redb")).unwrap();
+    let memory = MemoryStore::new();
+    let scan_only = ScanOnly::default();
+    for n in [0usize, 1, 9, 10, 11] {
+        let mut put = Batch::default();
+        put.clear = true;
+        put.puts = (0..n)
+            .map(|i| {
+                (
+                    format!("k{i:03}").into_bytes(),
+                    vec![u8::try_from(i).unwrap()],
+                )
+            })
+            .collect();
+        redb.apply(put.clone()).await.unwrap();
+        memory.apply(put.clone()).await.unwrap();
+        scan_only.apply(put).await.unwrap();
+        let expected: Vec<Vec<u8>> = (0..n).map(|i| format!("k{i:03}").into_bytes()).collect();
+        // Pages of 5: 9 records are 5 + 4, 10 are 5 + 5 + an empty last page.
+        for (what, (keys, lengths)) in [
+            ("redb", pages(&redb, 5).await),
+            ("memory", pages(&memory, 5).await),
+        ] {
+            assert_eq!(keys, expected, "{what}, {n} records");
+            let mut want = vec![5; n / 5];
+            want.push(n % 5);
+            assert_eq!(lengths, want, "{what}, {n} records");
+        }
+        // The provided implementation: everything in key order, at once
+        // (and an empty page after a full one of exactly `limit`).
+        let (keys, _) = pages(&scan_only, 5).await;
+        assert_eq!(keys, expected, "provided, {n} records");
+        assert_eq!(redb.count_hint().await.unwrap(), Some(n));
+        assert_eq!(memory.count_hint().await.unwrap(), Some(n));
+        assert_eq!(scan_only.count_hint().await.unwrap(), None);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn hydrate_restores_every_entry_of_a_store_larger_than_a_page() {
+    // 10 000 entries: more than two of hydrate's pages (4096 records each).
+    const N: usize = 10_000;
+    {
+        let store = Arc::new(MemoryStore::new());
+        let fake = Fake::new();
+        let c = client(&fake);
+        let (persist, _) = Persistence::new(store.clone()).start(&c).await.unwrap();
+        for i in 0..N {
+            c.set_data(&key("process.get", json!({ "id": i })), json!(i));
+        }
+        persist.shutdown().await.unwrap();
+        assert_eq!(store.len(), N);
+        let c2 = client(&fake);
+        let (_p, report) = Persistence::new(store.clone()).start(&c2).await.unwrap();
+        assert_eq!((report.restored, report.skipped), (N, 0));
+        for i in [0, 4095, 4096, 8191, 8192, N - 1] {
+            let k = key("process.get", json!({ "id": i }));
+            assert_eq!(*c2.state(&k).unwrap().data.unwrap(), json!(i), "{i}");
+        }
+    }
+    // The same through a store without paging of its own.
+    let store = Arc::new(ScanOnly::default());
+    let fake = Fake::new();
+    let c = client(&fake);
+    let (persist, _) = Persistence::new(store.clone()).start(&c).await.unwrap();
+    for i in 0..N {
+        c.set_data(&key("process.get", json!({ "id": i })), json!(i));
+    }
+    persist.shutdown().await.unwrap();
+    let c2 = client(&fake);
+    let (_p, report) = Persistence::new(store).start(&c2).await.unwrap();
+    assert_eq!((report.restored, report.skipped), (N, 0));
+}

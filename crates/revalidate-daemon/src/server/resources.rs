@@ -290,23 +290,22 @@ pub(crate) fn answer(hit: &Hit<Payload>, condition: Option<&IfNoneMatch>) -> Res
         _ => "revalidate; fwd=miss; stored",
     };
     let payload = &hit.value;
-    let not_modified = condition.is_some_and(|c| is_not_modified(c, &payload.etag));
+    let not_modified = condition.is_some_and(|c| is_not_modified(c, &payload.etag()));
     let (mut response, length) = if not_modified {
         let r = StatusCode::NOT_MODIFIED.into_response();
         (r, HeaderValue::from_static("0"))
     } else {
         let mut r = Response::new(Body::from(payload.body.clone()));
         let content_type = payload
-            .content_type
-            .clone()
+            .content_type()
             .unwrap_or(HeaderValue::from_static("application/json"));
         r.headers_mut().insert(header::CONTENT_TYPE, content_type);
-        (r, payload.content_length.clone())
+        (r, payload.content_length())
     };
     let h = response.headers_mut();
     h.insert(header::AGE, age_value(hit.age.as_secs()));
     h.insert(CACHE_STATUS, HeaderValue::from_static(status));
-    h.insert(header::ETAG, payload.etag.clone());
+    h.insert(header::ETAG, payload.etag());
     h.insert(X_REVALIDATE_VERSION, payload.version_value(hit.version));
     // What axum's router would add last, from the body's exact size; set
     // here, it is prepared, and the same on the fast path (see `fast_read`).

@@ -45,22 +45,28 @@ use redact::Redactor;
 use redirect::NotFollowed;
 
 /// A cached upstream answer: the JSON body, byte for byte, and its validators.
+///
+/// Kept small, since a million of them are cached: the header values a hit
+/// sends (ETag, `Content-Length`, content type) are made once, in one
+/// allocation, and each hit takes views of it. Made apart, each
+/// `HeaderValue` was an allocation of its own, and another one for its
+/// reference count once a response cloned it.
 #[derive(Debug, Clone)]
 pub(crate) struct Payload {
     pub(crate) body: Bytes,
-    /// Our strong validator of `body`, served as `ETag`, ready to send.
-    pub(crate) etag: HeaderValue,
+    /// Our strong validator of `body` (`headers[..etag_end]`), then the
+    /// decimal `Content-Length` of `body` (`headers[etag_end..length_end]`),
+    /// then the upstream's content type, if it is not `application/json`
+    /// (`headers[length_end..]`). Every byte is valid in a header value.
+    headers: Bytes,
+    etag_end: u16,
+    length_end: u16,
     /// The upstream's validator, sent back as `If-None-Match`.
-    pub(crate) upstream_etag: Option<String>,
-    /// The upstream's `Content-Type`, served again on the app's own paths
-    /// (`None`: `application/json`).
-    pub(crate) content_type: Option<HeaderValue>,
-    /// `Content-Length` of `body`, made once (axum would format it per
-    /// response).
-    pub(crate) content_length: HeaderValue,
+    pub(crate) upstream_etag: Option<Box<str>>,
     /// `X-Revalidate-Version` as served, made by the first hit of this
-    /// value: a value keeps its version until it changes, so later hits
-    /// clone it instead of formatting (and allocating) one each.
+    /// value when its version is past the prepared ones (`VERSIONS_PREPARED`):
+    /// a value keeps its version until it changes, so later hits clone it
+    /// instead of formatting (and allocating) one each.
     version_header: std::sync::OnceLock<(u64, HeaderValue)>,
 }
 
@@ -72,22 +78,87 @@ impl PartialEq for Payload {
 }
 
 impl Payload {
+    /// A payload of `body`, its ETag computed from it.
     pub(crate) fn new(body: Bytes, upstream_etag: Option<String>) -> Self {
-        let etag =
-            HeaderValue::from_str(&etag_of(&body)).expect("hex in quotes is a valid header value");
+        Self::build(body, None, upstream_etag.map(String::into_boxed_str), None)
+    }
+
+    /// `etag`: our validator of `body` when it is known (a stored record
+    /// keeps it, so that hydrate does not hash every body again); it must
+    /// be a valid header value, otherwise it is computed.
+    /// `content_type`: kept unless it is `application/json`, the default.
+    fn build(
+        body: Bytes,
+        etag: Option<&[u8]>,
+        upstream_etag: Option<Box<str>>,
+        content_type: Option<&[u8]>,
+    ) -> Self {
+        let computed;
+        let etag = match etag.filter(|e| is_etag(e)) {
+            Some(e) => e,
+            None => {
+                computed = etag_of(&body);
+                computed.as_bytes()
+            }
+        };
+        let content_type = content_type
+            .filter(|ct| *ct != b"application/json" && HeaderValue::from_bytes(ct).is_ok())
+            .unwrap_or_default();
+        let digits = itoa_buf(body.len());
+        let length = digits.as_str().as_bytes();
+        // Exactly as long as its contents: a `Bytes` of a `Vec` whose
+        // capacity is its length needs no separate reference count until
+        // it is first shared.
+        let mut headers = Vec::with_capacity(etag.len() + length.len() + content_type.len());
+        headers.extend_from_slice(etag);
+        headers.extend_from_slice(length);
+        headers.extend_from_slice(content_type);
+        let etag_end = u16::try_from(etag.len()).expect("is_etag bounds the length");
+        let length_end = etag_end + u16::try_from(length.len()).expect("at most 20 digits");
         Self {
-            etag,
-            content_length: HeaderValue::from(body.len()),
             body,
+            headers: Bytes::from(headers),
+            etag_end,
+            length_end,
             upstream_etag,
-            content_type: None,
             version_header: std::sync::OnceLock::new(),
         }
+    }
+
+    /// A header value of `headers[range]`, a view of it: no copy.
+    fn header(&self, range: std::ops::Range<usize>) -> HeaderValue {
+        HeaderValue::from_maybe_shared(self.headers.slice(range))
+            .expect("checked to be a valid header value when the payload was made")
+    }
+
+    /// Our strong validator of `body`, served as `ETag`.
+    pub(crate) fn etag(&self) -> HeaderValue {
+        self.header(0..usize::from(self.etag_end))
+    }
+
+    /// `Content-Length` of `body` (axum would format it per response).
+    pub(crate) fn content_length(&self) -> HeaderValue {
+        self.header(usize::from(self.etag_end)..usize::from(self.length_end))
+    }
+
+    /// The upstream's `Content-Type`, served again on the app's own paths
+    /// (`None`: `application/json`).
+    pub(crate) fn content_type(&self) -> Option<HeaderValue> {
+        let from = usize::from(self.length_end);
+        (from < self.headers.len()).then(|| self.header(from..self.headers.len()))
+    }
+
+    /// The upstream's content type as stored (empty: `application/json`).
+    fn content_type_bytes(&self) -> &[u8] {
+        &self.headers[usize::from(self.length_end)..]
     }
 
     /// The `X-Revalidate-Version` header value of `version`, the version
     /// this payload is served with.
     pub(crate) fn version_value(&self, version: u64) -> HeaderValue {
+        if let Some(prepared) = prepared_version(version) {
+            return prepared;
+        }
         let (prepared, value) = self
             .version_header
             .get_or_init(|| (version, HeaderValue::from(version)));
@@ -101,10 +172,85 @@ impl Payload {
     /// The same payload, with the upstream's content type (a JSON one only:
     /// anything else was refused as bad data before).
     #[must_use]
-    pub(crate) fn with_content_type(mut self, content_type: Option<HeaderValue>) -> Self {
-        self.content_type = content_type.filter(|v| v.as_bytes() != b"application/json");
-        self
+    pub(crate) fn with_content_type(self, content_type: Option<HeaderValue>) -> Self {
+        match content_type {
+            Some(ct) if ct.as_bytes() != b"application/json" => {
+                let etag = self.headers.slice(..usize::from(self.etag_end));
+                Self::build(
+                    self.body,
+                    Some(&etag),
+                    self.upstream_etag,
+                    Some(ct.as_bytes()),
+                )
+            }
+            _ => self,
+        }
     }
+}
+
+/// `n` in decimal, without an allocation.
+fn itoa_buf(n: usize) -> Digits {
+    let mut d = Digits::default();
+    let mut n = n;
+    loop {
+        d.len += 1;
+        d.buf[20 - d.len] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break d;
+        }
+    }
+}
+
+/// Up to 20 decimal digits (any `u64`), at the end of `buf`.
+#[derive(Default)]
+struct Digits {
+    buf: [u8; 20],
+    len: usize,
+}
+
+impl Digits {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[20 - self.len..]).expect("ASCII digits")
+    }
+}
+
+/// Versions below this are served from one table made once for the
+/// process: most values never change that often, and a value served with
+/// one of them holds no header of its own (two allocations each otherwise).
+const VERSIONS_PREPARED: usize = 4096;
+
+/// The `X-Revalidate-Version` value of `version` from the prepared table:
+/// views of one static text, so that a clone is a copy of two words, with
+/// no reference count for the threads serving hits to share.
+fn prepared_version(version: u64) -> Option<HeaderValue> {
+    static TABLE: std::sync::LazyLock<Vec<HeaderValue>> = std::sync::LazyLock::new(|| {
+        let mut text = String::new();
+        let mut ends = Vec::with_capacity(VERSIONS_PREPARED);
+        for v in 0..VERSIONS_PREPARED {
+            text.push_str(itoa_buf(v).as_str());
+            ends.push(text.len());
+        }
+        // Made once and kept for the life of the process (15 KiB).
+        let text: &'static str = Box::leak(text.into_boxed_str());
+        let mut start = 0;
+        ends.into_iter()
+            .map(|end| {
+                let value = HeaderValue::from_static(&text[start..end]);
+                start = end;
+                value
+            })
+            .collect()
+    });
+    usize::try_from(version)
+        .ok()
+        .and_then(|v| TABLE.get(v))
+        .cloned()
+}
+
+/// Whether `etag` can be served as our ETag: a short, valid header value.
+fn is_etag(etag: &[u8]) -> bool {
+    !etag.is_empty() && etag.len() <= 256 && HeaderValue::from_bytes(etag).is_ok()
 }
 
 /// A strong, stable ETag of a body (FNV-1a 64, hex): the same body gives
@@ -116,17 +262,23 @@ pub(crate) fn etag_of(body: &[u8]) -> String {
     format!("\"{h:016x}\"")
 }
 
-/// Stores payloads as: a marker (`FF FE 02`), the content type and the
-/// upstream ETag (each a u16 little-endian length and its bytes), then the
-/// body. Records written before the content type was kept (no marker: the
-/// ETag's length first) are still read. The body is checked to be JSON
-/// again when restored, so a damaged record is dropped rather than served.
+/// Stores payloads as: a marker (`FF FE 03`), the content type, the
+/// upstream ETag and our ETag of the body (each a u16 little-endian length
+/// and its bytes), then the body. Our ETag is kept so that hydrate does not
+/// hash every body again (a tenth of a million entries' hydrate). Records
+/// of the two earlier layouts are still read, their ETag computed: marker
+/// `FF FE 02` without our ETag, and, before the content type was kept, no
+/// marker (the upstream ETag's length first). The body is checked to be
+/// JSON again when restored, so a damaged record is dropped rather than
+/// served.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct PayloadCodec;
 
-/// Marks the current layout; an older record starts with an ETag length,
-/// which is never 0xFEFF with a third byte of 2 in practice (a 65 279-byte
-/// ETag), and would not decode as JSON after it anyway.
+/// Marks the layout with our ETag; an older record starts with an ETag
+/// length, which is never 0xFEFF with a third byte of 2 or 3 in practice (a
+/// 65 279-byte ETag), and would not decode as JSON after it anyway.
+const PAYLOAD_FORMAT_3: [u8; 3] = [0xFF, 0xFE, 0x03];
+/// Marks the layout before our ETag was kept.
 const PAYLOAD_FORMAT_2: [u8; 3] = [0xFF, 0xFE, 0x02];
 
 fn push_field(out: &mut Vec<u8>, field: &[u8], what: &str) -> Result<(), CodecError> {
@@ -154,37 +306,44 @@ fn take_field<'a>(rest: &mut &'a [u8]) -> Result<&'a [u8], CodecError> {
 impl Codec<Payload> for PayloadCodec {
     fn encode(&self, _key: &QueryKey, value: &Payload) -> Result<Vec<u8>, CodecError> {
         let tag = value.upstream_etag.as_deref().unwrap_or("");
-        let ct = value
-            .content_type
-            .as_ref()
-            .map_or(&b""[..], HeaderValue::as_bytes);
-        let mut out = Vec::with_capacity(7 + ct.len() + tag.len() + value.body.len());
-        out.extend_from_slice(&PAYLOAD_FORMAT_2);
+        let ct = value.content_type_bytes();
+        let etag = &value.headers[..usize::from(value.etag_end)];
+        let mut out = Vec::with_capacity(9 + ct.len() + tag.len() + etag.len() + value.body.len());
+        out.extend_from_slice(&PAYLOAD_FORMAT_3);
         push_field(&mut out, ct, "content type")?;
         push_field(&mut out, tag.as_bytes(), "upstream ETag")?;
+        push_field(&mut out, etag, "ETag")?;
         out.extend_from_slice(&value.body);
         Ok(out)
     }
 
     fn decode(&self, _key: &QueryKey, bytes: &[u8]) -> Result<Payload, CodecError> {
         let mut rest = bytes;
-        let content_type = if bytes.starts_with(&PAYLOAD_FORMAT_2) {
+        let format_3 = bytes.starts_with(&PAYLOAD_FORMAT_3);
+        let content_type = if format_3 || bytes.starts_with(&PAYLOAD_FORMAT_2) {
             rest = &bytes[3..];
             let ct = take_field(&mut rest)?;
-            (!ct.is_empty())
-                .then(|| HeaderValue::from_bytes(ct).map_err(CodecError::from_source))
-                .transpose()?
+            if !ct.is_empty() {
+                HeaderValue::from_bytes(ct).map_err(CodecError::from_source)?;
+            }
+            Some(ct)
         } else {
             None
         };
         let tag = take_field(&mut rest)?;
         let tag = std::str::from_utf8(tag).map_err(CodecError::from_source)?;
+        let etag = if format_3 {
+            Some(take_field(&mut rest)?)
+        } else {
+            None
+        };
         serde_json::from_slice::<serde::de::IgnoredAny>(rest).map_err(CodecError::from_source)?;
-        Ok(Payload::new(
+        Ok(Payload::build(
             Bytes::copy_from_slice(rest),
-            (!tag.is_empty()).then(|| tag.to_owned()),
-        )
-        .with_content_type(content_type))
+            etag,
+            (!tag.is_empty()).then(|| tag.into()),
+            content_type,
+        ))
     }
 }
 
@@ -726,7 +885,7 @@ mod tests {
         let back = PayloadCodec.decode(&k, &bytes).unwrap();
         assert_eq!(back.body, p.body);
         assert_eq!(back.upstream_etag, p.upstream_etag);
-        assert_eq!(back.etag, p.etag);
+        assert_eq!(back.etag(), p.etag());
         assert!(PayloadCodec.decode(&k, &[1]).is_err());
         assert!(PayloadCodec.decode(&k, b"\0\0not json").is_err());
         // With its content type, kept.
@@ -736,16 +895,100 @@ mod tests {
         let back = PayloadCodec
             .decode(&k, &PayloadCodec.encode(&k, &typed).unwrap())
             .unwrap();
-        assert_eq!(back.content_type, typed.content_type);
+        assert_eq!(back.content_type(), typed.content_type());
         // A record of the first layout (ETag length, ETag, body) still reads.
         let mut old = vec![7, 0];
         old.extend_from_slice(b"W/\"abc\"");
         old.extend_from_slice(br#"{"rows":[1]}"#);
         let back = PayloadCodec.decode(&k, &old).unwrap();
         assert_eq!(
-            (back.body, back.upstream_etag, back.content_type),
-            (p.body, p.upstream_etag, None)
+            (back.content_type(), back.body, back.upstream_etag),
+            (None, p.body, p.upstream_etag)
         );
+    }
+
+    #[test]
+    fn a_payload_prepares_its_headers_in_one_buffer() {
+        let body = Bytes::from_static(br#"{"rows":[1,2,3]}"#);
+        let p = Payload::new(body.clone(), None);
+        assert_eq!(p.etag().as_bytes(), etag_of(&body).as_bytes());
+        assert_eq!(p.content_length().as_bytes(), b"16");
+        assert_eq!(p.content_type(), None);
+        let json = p
+            .clone()
+            .with_content_type(Some(HeaderValue::from_static("application/json")));
+        assert_eq!(json.content_type(), None);
+        let typed = p.with_content_type(Some(HeaderValue::from_static("application/problem+json")));
+        assert_eq!(typed.content_type().unwrap(), "application/problem+json");
+        assert_eq!(typed.etag().as_bytes(), etag_of(&body).as_bytes());
+        assert_eq!(typed.content_length(), "16");
+        // An empty body has a length of 0, and its own ETag.
+        let empty = Payload::new(Bytes::new(), None);
+        assert_eq!(empty.content_length(), "0");
+        assert_eq!(empty.etag().as_bytes(), etag_of(b"").as_bytes());
+        // Versions: the prepared table, then the first one served past it.
+        for v in [0, 1, 9, 10, 4095, 4096, 123_456, u64::MAX] {
+            assert_eq!(typed.version_value(v), v.to_string().as_str(), "{v}");
+        }
+        assert_eq!(typed.version_value(4096), "4096");
+        assert_eq!(typed.version_value(4097), "4097");
+    }
+
+    #[test]
+    fn payloads_stay_small() {
+        // A million of them are cached: 144 bytes and the Arc's two counts
+        // fill jemalloc's 160-byte class (256 before the headers shared a
+        // buffer).
+        assert!(
+            std::mem::size_of::<Payload>() <= 144,
+            "{}",
+            std::mem::size_of::<Payload>()
+        );
+    }
+
+    #[test]
+    fn a_stored_etag_is_kept_and_older_layouts_still_read() {
+        let k = QueryKey::bare("a");
+        let body = br#"{"rows":[1]}"#;
+        let record = |etag: &[u8]| {
+            let mut r = PAYLOAD_FORMAT_3.to_vec();
+            push_field(&mut r, b"", "").unwrap();
+            push_field(&mut r, b"W/\"up\"", "").unwrap();
+            push_field(&mut r, etag, "").unwrap();
+            r.extend_from_slice(body);
+            r
+        };
+        // The stored ETag is served as it is: hydrate hashes nothing.
+        let back = PayloadCodec.decode(&k, &record(b"\"stored\"")).unwrap();
+        assert_eq!(back.etag(), "\"stored\"");
+        assert_eq!(back.upstream_etag.as_deref(), Some("W/\"up\""));
+        assert_eq!(&back.body[..], body);
+        // One that could not be served is made again from the body.
+        for bad in [&b""[..], b"bad\nline"] {
+            let back = PayloadCodec.decode(&k, &record(bad)).unwrap();
+            assert_eq!(back.etag().as_bytes(), etag_of(body).as_bytes());
+        }
+        // What encode writes keeps it.
+        let p = Payload::new(Bytes::from_static(body), None);
+        let bytes = PayloadCodec.encode(&k, &p).unwrap();
+        assert!(bytes.starts_with(&PAYLOAD_FORMAT_3));
+        assert_eq!(PayloadCodec.decode(&k, &bytes).unwrap().etag(), p.etag());
+        // The second layout (content type, upstream ETag, body): the ETag
+        // is computed, the content type kept.
+        let mut v2 = PAYLOAD_FORMAT_2.to_vec();
+        push_field(&mut v2, b"application/vnd.api+json", "").unwrap();
+        push_field(&mut v2, b"", "").unwrap();
+        v2.extend_from_slice(body);
+        let back = PayloadCodec.decode(&k, &v2).unwrap();
+        assert_eq!(back.etag().as_bytes(), etag_of(body).as_bytes());
+        assert_eq!(back.content_type().unwrap(), "application/vnd.api+json");
+        assert_eq!(back.upstream_etag, None);
+        assert_eq!(back.content_length(), body.len().to_string().as_str());
+        // A truncated record of the third layout is an error, not a panic.
+        let full = record(b"\"stored\"");
+        for cut in 0..full.len() - body.len() {
+            assert!(PayloadCodec.decode(&k, &full[..cut]).is_err(), "{cut}");
+        }
     }
 
     #[test]

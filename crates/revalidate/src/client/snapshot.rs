@@ -49,6 +49,15 @@ impl<V> Inner<V> {
 }
 
 impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
+    /// Makes room in the map for `additional` more entries (at most the
+    /// cache's limit) before hydrate restores them: the map is sized once,
+    /// instead of doubling, and copying itself, some twenty times on the way
+    /// to a million.
+    pub(crate) fn reserve(&self, additional: usize) {
+        let room = self.gc.max_queries().saturating_sub(self.map.len());
+        self.map.pin().reserve(additional.min(room));
+    }
+
     /// Restores a persisted entry (hydrate). Returns false, changing
     /// nothing, when the key already has data in memory.
     pub(crate) fn restore(&self, key: &QueryKey, snapshot: Snapshot<V>) -> bool {

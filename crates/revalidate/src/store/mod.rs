@@ -68,6 +68,39 @@ pub trait Store: Send + Sync + 'static {
     /// Every record, as `(key, value)` pairs.
     fn scan(&self) -> impl Future<Output = Result<Vec<KeyValue>, StoreError>> + Send;
 
+    /// The records whose keys come after `after` (from the first one when
+    /// `None`), in key order, `limit` of them, or fewer at the end: hydrate
+    /// reads a store a page at a time with it, so that a million records
+    /// never sit in memory at once beside the cache they fill. Pages may
+    /// come from different snapshots of the store.
+    ///
+    /// The provided implementation reads every record with
+    /// [`scan`](Self::scan) and returns all those after `after` at once
+    /// (however many that is); callers take any page whose length is not
+    /// `limit` as the last one. Stores that can read a range override it.
+    fn scan_page(
+        &self,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<KeyValue>, StoreError>> + Send {
+        let _ = limit;
+        async move {
+            let mut all = self.scan().await?;
+            all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            if let Some(after) = after {
+                all.retain(|(k, _)| *k > after);
+            }
+            Ok(all)
+        }
+    }
+
+    /// How many records the store holds, if it knows without reading them
+    /// (`None` otherwise, the provided implementation): hydrate sizes the
+    /// cache's map with it once, instead of growing it step by step.
+    fn count_hint(&self) -> impl Future<Output = Result<Option<usize>, StoreError>> + Send {
+        async { Ok(None) }
+    }
+
     /// A metadata value set by an earlier batch.
     fn meta(&self, name: &str) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
 }
@@ -203,6 +236,26 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn scan_page(
+        &self,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(self
+            .records
+            .lock()
+            .range((from, Bound::Unbounded))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    async fn count_hint(&self) -> Result<Option<usize>, StoreError> {
+        Ok(Some(self.len()))
+    }
+
     async fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.meta.lock().get(name).cloned())
     }
@@ -214,6 +267,16 @@ impl<S: Store> Store for std::sync::Arc<S> {
     }
     fn scan(&self) -> impl Future<Output = Result<Vec<KeyValue>, StoreError>> + Send {
         S::scan(self)
+    }
+    fn scan_page(
+        &self,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<KeyValue>, StoreError>> + Send {
+        S::scan_page(self, after, limit)
+    }
+    fn count_hint(&self) -> impl Future<Output = Result<Option<usize>, StoreError>> + Send {
+        S::count_hint(self)
     }
     fn meta(&self, name: &str) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send {
         S::meta(self, name)

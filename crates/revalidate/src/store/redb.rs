@@ -189,6 +189,37 @@ impl RedbStore {
         })
     }
 
+    fn scan_page_blocking(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        use std::ops::Bound;
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(|e| self.io(e))?;
+            let table = txn.open_table(ENTRIES).map_err(|e| self.io(e))?;
+            let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+            let rows = table
+                .range::<&[u8]>((from, Bound::Unbounded))
+                .map_err(|e| self.io(e))?;
+            let mut out = Vec::with_capacity(limit.min(4096));
+            for row in rows.take(limit) {
+                let (k, v) = row.map_err(|e| self.io(e))?;
+                out.push((k.value().to_vec(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
+    }
+
+    fn count_blocking(&self) -> Result<usize, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(|e| self.io(e))?;
+            let table = txn.open_table(ENTRIES).map_err(|e| self.io(e))?;
+            let len = table.len().map_err(|e| self.io(e))?;
+            Ok(usize::try_from(len).unwrap_or(usize::MAX))
+        })
+    }
+
     fn meta_blocking(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.with_db(|db| {
             let txn = db.begin_read().map_err(|e| self.io(e))?;
@@ -263,6 +294,20 @@ impl Store for RedbStore {
     async fn scan(&self) -> Result<Vec<KeyValue>, StoreError> {
         let store = self.clone();
         crate::rt::spawn_blocking(move || store.scan_blocking()).await
+    }
+
+    async fn scan_page(
+        &self,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        let store = self.clone();
+        crate::rt::spawn_blocking(move || store.scan_page_blocking(after.as_deref(), limit)).await
+    }
+
+    async fn count_hint(&self) -> Result<Option<usize>, StoreError> {
+        let store = self.clone();
+        crate::rt::spawn_blocking(move || store.count_blocking().map(Some)).await
     }
 
     async fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
