@@ -575,38 +575,32 @@ async fn a_paged_scan_visits_every_record_once_across_page_boundaries() {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn hydrate_restores_every_entry_of_a_store_larger_than_a_page() {
-    // 10 000 entries: more than two of hydrate's pages (4096 records each).
-    const N: usize = 10_000;
-    {
-        let store = Arc::new(MemoryStore::new());
-        let fake = Fake::new();
-        let c = client(&fake);
-        let (persist, _) = Persistence::new(store.clone()).start(&c).await.unwrap();
-        for i in 0..N {
-            c.set_data(&key("process.get", json!({ "id": i })), json!(i));
-        }
-        persist.shutdown().await.unwrap();
-        assert_eq!(store.len(), N);
-        let c2 = client(&fake);
-        let (_p, report) = Persistence::new(store.clone()).start(&c2).await.unwrap();
-        assert_eq!((report.restored, report.skipped), (N, 0));
-        for i in [0, 4095, 4096, 8191, 8192, N - 1] {
-            let k = key("process.get", json!({ "id": i }));
-            assert_eq!(*c2.state(&k).unwrap().data.unwrap(), json!(i), "{i}");
-        }
-    }
-    // The same through a store without paging of its own.
-    let store = Arc::new(ScanOnly::default());
+/// Writes `n` entries into `store`, then checks that a new client hydrates
+/// all of them, including those around hydrate's page boundaries.
+async fn write_then_hydrate<S: Store + 'static>(store: Arc<S>, n: usize) {
     let fake = Fake::new();
     let c = client(&fake);
     let (persist, _) = Persistence::new(store.clone()).start(&c).await.unwrap();
-    for i in 0..N {
+    for i in 0..n {
         c.set_data(&key("process.get", json!({ "id": i })), json!(i));
     }
     persist.shutdown().await.unwrap();
     let c2 = client(&fake);
     let (_p, report) = Persistence::new(store).start(&c2).await.unwrap();
-    assert_eq!((report.restored, report.skipped), (N, 0));
+    assert_eq!((report.restored, report.skipped), (n, 0));
+    for i in [0, 4095, 4096, 8191, 8192, n - 1] {
+        let k = key("process.get", json!({ "id": i }));
+        assert_eq!(*c2.state(&k).unwrap().data.unwrap(), json!(i), "{i}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn hydrate_restores_every_entry_of_a_store_larger_than_a_page() {
+    // 10 000 entries: more than two of hydrate's pages (4096 records each).
+    const N: usize = 10_000;
+    let store = Arc::new(MemoryStore::new());
+    write_then_hydrate(store.clone(), N).await;
+    assert_eq!(store.len(), N);
+    // The same through a store without paging of its own.
+    write_then_hydrate(Arc::new(ScanOnly::default()), N).await;
 }
