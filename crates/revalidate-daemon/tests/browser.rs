@@ -22,8 +22,9 @@ const INSTALL: &str = "run scripts/test, which installs them (Debian's chromium,
                        `npm ci` in crates/revalidate-daemon/tests/browser)";
 /// How long `revalidate demo` may take to print its dashboard address.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long the browser script may run.
-const NODE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the browser script may run: longer than its own watchdog
+/// (`LAUNCH_BUDGET_MS` + 50 s in dashboard.mjs), which reports what hung.
+const NODE_TIMEOUT: Duration = Duration::from_secs(200);
 /// How long a process gets to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a child process is checked for having exited.

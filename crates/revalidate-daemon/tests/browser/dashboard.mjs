@@ -13,25 +13,12 @@
 // and a Chromium at /usr/bin/chromium (or $CHROMIUM).
 
 import { existsSync, statSync } from "node:fs";
-import { chromium } from "playwright-core";
+import { LAUNCH_BUDGET_MS, launchChromium } from "./launch.mjs";
 
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const CHROMIUM_ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--disable-quic",
-  // Containers often have a tiny /dev/shm; Chromium crashes when it fills up.
-  "--disable-dev-shm-usage",
-];
 const READY_TIMEOUT_MS = 20_000; // live stream + enough rows
 const OBSERVE_MS = 4_000; // how long the page is watched for live updates
 const MIN_ROWS = 8;
-const OVERALL_TIMEOUT_MS = 50_000; // hard stop for the whole script
+const OVERALL_TIMEOUT_MS = LAUNCH_BUDGET_MS + 50_000; // hard stop for the whole script
 const CLOSE_TIMEOUT_MS = 5_000;
 
 // Console errors that are the browser's own reports of network trouble (an
@@ -93,18 +80,10 @@ function snapshot() {
 }
 
 async function main() {
-  if (!existsSync(CHROMIUM)) {
-    throw new SetupFailed(`no Chromium at ${CHROMIUM}: apt-get install -y chromium, or set CHROMIUM`);
-  }
   try {
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      args: CHROMIUM_ARGS,
-      timeout: 20_000,
-    });
+    browser = await launchChromium();
   } catch (e) {
-    throw new SetupFailed(`could not start ${CHROMIUM}: ${e.message}`);
+    throw new SetupFailed(e.message);
   }
   const context = await browser.newContext({ viewport: { width: 1440, height: 900 } });
   const page = await context.newPage();

@@ -17,26 +17,14 @@
 
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { LAUNCH_BUDGET_MS, launchChromium } from "./launch.mjs";
 
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const CHROMIUM_ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--disable-quic",
-  "--disable-dev-shm-usage",
-  // The offline reload serves the page from Playwright's interception, which
-  // Chromium counts as a public origin; Local Network Access would then hold
-  // its requests to the loopback API for a permission prompt.
-  "--disable-features=LocalNetworkAccessChecks",
-];
+// The offline reload serves the page from Playwright's interception, which
+// Chromium counts as a public origin; Local Network Access would then hold
+// its requests to the loopback API for a permission prompt.
+const EXTRA_ARGS = ["--disable-features=LocalNetworkAccessChecks"];
 const QUERIES = 9;
-const OVERALL_TIMEOUT_MS = 90_000;
+const OVERALL_TIMEOUT_MS = LAUNCH_BUDGET_MS + 90_000;
 const OFFLINE_WATCH_MS = 4_000;
 
 class CheckFailed extends Error {}
@@ -96,12 +84,9 @@ async function waitFor(page, what, predicate, arg, timeout) {
 }
 
 async function main() {
-  if (!existsSync(CHROMIUM)) throw new SetupFailed(`no Chromium at ${CHROMIUM}`);
-  browser = await chromium
-    .launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, timeout: 20_000 })
-    .catch((e) => {
-      throw new SetupFailed(`could not start ${CHROMIUM}: ${e.message}`);
-    });
+  browser = await launchChromium(EXTRA_ARGS).catch((e) => {
+    throw new SetupFailed(e.message);
+  });
   const context = await browser.newContext({ viewport: { width: 1300, height: 1000 } });
   const page = await context.newPage();
   page.on("pageerror", (e) => pageErrors.push(String(e)));

@@ -11,7 +11,7 @@
 
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { launchChromium } from "./launch.mjs";
 
 const [dir, hitsArg, walksArg] = process.argv.slice(2);
 if (!dir) {
@@ -20,12 +20,7 @@ if (!dir) {
 }
 const hits = Number(hitsArg ?? 100_000);
 const walks = Number(walksArg ?? 7);
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  headless: true,
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-});
+const browser = await launchChromium();
 const page = await browser.newPage();
 const types = { html: "text/html", js: "text/javascript", wasm: "application/wasm" };
 await page.route("http://bench.test/**", (route) => {
