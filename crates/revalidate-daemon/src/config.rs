@@ -255,6 +255,8 @@ pub(crate) struct StoreConfig {
     pub(crate) buster: String,
     pub(crate) flush_every: Duration,
     pub(crate) on_error: OnStoreError,
+    /// Check every page of the file before hydrate reads it.
+    pub(crate) verify_on_open: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -630,6 +632,7 @@ fn read_store(t: &Table<'_>) -> StoreConfig {
         buster: String::new(),
         flush_every: Duration::from_secs(1),
         on_error: OnStoreError::Fail,
+        verify_on_open: false,
     };
     match t.string("path") {
         Some(p) if !p.is_empty() => s.path = PathBuf::from(p),
@@ -652,6 +655,9 @@ fn read_store(t: &Table<'_>) -> StoreConfig {
     }
     if let Some(d) = bounded_duration(t, "flush_every", 10 * MS, HOUR) {
         s.flush_every = d;
+    }
+    if let Some(b) = t.bool("verify_on_open") {
+        s.verify_on_open = b;
     }
     if let Some(item) = t.item("on_error")
         && let Some(v) = item.as_str()

@@ -120,7 +120,12 @@ async fn open_store(
     store: &StoreConfig,
     client: &QueryClient<Payload>,
 ) -> Result<Option<PersistHandle>, DaemonError> {
-    let started = match RedbStore::open(&store.path) {
+    let opened = if store.verify_on_open {
+        RedbStore::open_verified(&store.path)
+    } else {
+        RedbStore::open(&store.path)
+    };
+    let started = match opened {
         Ok(db) => {
             Persistence::new(db)
                 .codec(PayloadCodec)

@@ -40,16 +40,19 @@ pub fn query_key(bytes: &[u8]) {
 }
 
 /// The store's record decoding on any bytes: an error, never a panic; and a
-/// record that decodes re-encodes to an equal record.
+/// record that decodes re-encodes to an equal record. (Random bytes rarely
+/// carry a valid checksum: the fields are fuzzed through format 1, which
+/// has none, and the re-encoded format 2 record must verify.)
 pub fn record(bytes: &[u8]) {
-    if let Ok((rec, payload)) = Record::decode_borrowed(bytes) {
+    const KEY: &[u8] = b"fuzz.action\0{}";
+    if let Ok((rec, payload)) = Record::decode_borrowed(KEY, bytes) {
         let whole = Record {
             payload: payload.to_vec(),
             ..rec
         };
-        let encoded = whole.encode();
+        let encoded = whole.encode(KEY);
         let (again, payload) =
-            Record::decode_borrowed(&encoded).expect("re-encoded record decodes");
+            Record::decode_borrowed(KEY, &encoded).expect("re-encoded record decodes");
         assert_eq!(payload, whole.payload.as_slice());
         assert_eq!(
             (

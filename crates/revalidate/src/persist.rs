@@ -33,7 +33,7 @@ use crate::fetch::FetchError;
 use crate::key::QueryKey;
 use crate::log::decision;
 use crate::rt::{from_unix_nanos, unix_nanos};
-use crate::store::record::{self, Record, StoredError};
+use crate::store::record::{self, Record, RecordError, StoredError};
 use crate::store::{Batch, Codec, JsonCodec, Store, StoreError};
 
 const BUSTER: &str = "buster";
@@ -183,7 +183,12 @@ impl<S: Store, C> Persistence<S, C> {
     ///
     /// # Errors
     ///
-    /// The store could not be read or pruned. Undecodable entries are not
+    /// The store could not be read or pruned, or a record fails its
+    /// checksum: the file was changed outside this library (disk damage,
+    /// another program), so none of it is trusted further, and the error
+    /// is [`StoreError::is_corrupt`]. The entries restored before it was
+    /// found stay in the client: each passed its own check. Undecodable
+    /// entries (an unknown format, a value the codec refuses) are not
     /// errors: they are dropped and counted.
     pub async fn hydrate<V>(&self, client: &QueryClient<V>) -> Result<HydrateReport, StoreError>
     where
@@ -224,7 +229,7 @@ impl<S: Store, C> Persistence<S, C> {
             let page = self.store.scan_page(after.take(), HYDRATE_PAGE).await?;
             let last_page = page.len() != HYDRATE_PAGE;
             after = page.last().map(|(k, _)| k.clone());
-            self.restore_page(client, page, now, &mut report, &mut prune);
+            self.restore_page(client, page, now, &mut report, &mut prune)?;
             if last_page || after.is_none() {
                 break;
             }
@@ -241,7 +246,8 @@ impl<S: Store, C> Persistence<S, C> {
         Ok(report)
     }
 
-    /// Restores one page of stored records into `client`; what is to be
+    /// Restores one page of stored records into `client` (an error when
+    /// one of them is damaged); what is to be
     /// deleted from the store goes into `prune`.
     fn restore_page<V>(
         &self,
@@ -250,18 +256,24 @@ impl<S: Store, C> Persistence<S, C> {
         now: SystemTime,
         report: &mut HydrateReport,
         prune: &mut Batch,
-    ) where
+    ) -> Result<(), StoreError>
+    where
         V: PartialEq + Send + Sync + 'static,
         C: Codec<V>,
     {
         let inner = &client.inner;
         for (k, v) in page {
-            let decoded = record::key_of(&k)
-                .map_err(|e| e.to_string())
-                .and_then(|key| {
-                    let (rec, payload) = Record::decode_borrowed(&v).map_err(|e| e.to_string())?;
-                    Ok((key, rec, payload))
-                });
+            // The record first: its checksum covers the key too.
+            let decoded = match Record::decode_borrowed(&k, &v) {
+                Err(RecordError::Damaged) => {
+                    self.store.quarantine();
+                    return Err(damaged(&k));
+                }
+                Err(e) => Err(e.to_string()),
+                Ok((rec, payload)) => record::key_of(&k)
+                    .map(|key| (key, rec, payload))
+                    .map_err(|e| e.to_string()),
+            };
             let (key, rec, payload) = match decoded {
                 Ok(ok) => ok,
                 Err(why) => {
@@ -292,6 +304,7 @@ impl<S: Store, C> Persistence<S, C> {
                 report.skipped += 1;
             }
         }
+        Ok(())
     }
 
     /// Hydrates `client`, then writes its changes behind in a task spawned on
@@ -367,6 +380,26 @@ impl<S: Store, C> Persistence<S, C> {
             },
         ))
     }
+}
+
+/// The error for a record under `key` (as stored) that fails its checksum.
+fn damaged(key: &[u8]) -> StoreError {
+    let mut shown = String::from_utf8_lossy(key).replace('\0', " ");
+    if shown.len() > 80 {
+        let mut end = 80;
+        while !shown.is_char_boundary(end) {
+            end -= 1;
+        }
+        shown.truncate(end);
+        shown.push('…');
+    }
+    StoreError::new(
+        crate::store::StoreErrorKind::Corrupt,
+        None,
+        format!(
+            "the record of `{shown}` fails its checksum: the file was changed outside revalidate (disk damage or another program)"
+        ),
+    )
 }
 
 /// The client's snapshot of a persisted record.
@@ -599,7 +632,9 @@ where
             match self.codec.encode(key, &value) {
                 Ok(bytes) => {
                     rec.payload = bytes;
-                    batch.puts.push((record::key_bytes(key), rec.encode()));
+                    let stored = record::key_bytes(key);
+                    let value = rec.encode(&stored);
+                    batch.puts.push((stored, value));
                 }
                 Err(e) => {
                     self.counters.unencodable.fetch_add(1, Relaxed);

@@ -103,6 +103,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// A metadata value set by an earlier batch.
     fn meta(&self, name: &str) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+
+    /// Told by hydrate that a record it read was damaged: the file was
+    /// changed by other means. A store with a file stops writing to it, so
+    /// that it can be moved aside as it was found, and fails every later
+    /// operation as corrupt. The provided implementation does nothing.
+    fn quarantine(&self) {}
 }
 
 /// What kind of failure a [`StoreError`] is.
@@ -280,5 +286,8 @@ impl<S: Store> Store for std::sync::Arc<S> {
     }
     fn meta(&self, name: &str) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send {
         S::meta(self, name)
+    }
+    fn quarantine(&self) {
+        S::quarantine(self);
     }
 }
