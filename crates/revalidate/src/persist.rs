@@ -596,7 +596,13 @@ where
                         let _ = reply.send(self.flush().await);
                     }
                     Some(Command::Shutdown(reply)) => {
-                        let _ = reply.send(self.flush().await);
+                        let flushed = self.flush().await;
+                        // The store closes before the answer: a process
+                        // exits once shutdown returns, and a file it did
+                        // not close is repaired at the next start (redb
+                        // reads all of it: 2.4 s of a 1M-query start-up).
+                        drop(self);
+                        let _ = reply.send(flushed);
                         return;
                     }
                     // The handle was dropped: a last flush, then stop.
