@@ -88,7 +88,14 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
         // Hydrated entries were never stored in this process: they enter
         // the recent index here, which keeps the newest of them.
         self.was_updated(key, entry, &w, before);
-        let due = self.next_due_of(key, entry, &w, now);
+        // Before a refresh service is attached (hydrate at start-up) there
+        // is no schedule to queue into: the service seeds it from every
+        // entry when it starts, so the due time is worked out once.
+        let due = if self.schedule.is_enabled() {
+            self.next_due_of(key, entry, &w, now)
+        } else {
+            None
+        };
         drop(w);
         self.reschedule(key, entry, due);
         true
