@@ -22,10 +22,13 @@ const META: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("meta")
 
 /// A store in one redb file.
 ///
-/// A damaged file never panics the process: opening verifies the file's
-/// checksums (redb's `check_integrity`), repairs what redb can repair, and
-/// reports the rest as [`StoreErrorKind::Corrupt`] naming the path; a panic
-/// inside redb, on a damage the check did not see, becomes the same error.
+/// A damaged file never panics the process. Opening repairs a file a crash
+/// left (redb does, by itself); damage done to a closed file is reported as
+/// [`StoreErrorKind::Corrupt`] naming the path, when redb meets it or, for
+/// the records, when hydrate checks each record's checksum (a panic inside
+/// redb becomes the same error, and the store is quarantined: nothing more
+/// is written to the file). [`RedbStore::open_verified`] checks every page
+/// of the file at open instead.
 /// After an I/O failure (a full disk, say) the store drops its handle and
 /// opens the file again at the next batch, so writing resumes once the
 /// cause is gone.
