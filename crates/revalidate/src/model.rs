@@ -13,7 +13,10 @@
 //! - every reader got a value somebody produced;
 //! - a fetch that started before a `set_data` never overwrites it;
 //! - a fetch that started before an invalidation leaves the entry stale;
-//! - the versions one reader sees never go down.
+//! - the versions one reader sees never go down;
+//! - a cached hit's value and version belong together: no version is hit
+//!   with two values (the lock-free hit path pairs them with a seqlock
+//!   read, `Entry::data_and_version`).
 //!
 //! `MODEL_ITERATIONS` (default 2000 per scheduler) and `MODEL_SEED` (the
 //! random scheduler's seed; a failure prints the schedule shuttle needs to
@@ -78,6 +81,20 @@ fn scenario() {
         };
         let r1 = reader(client.clone(), key.clone());
         let r2 = reader(client.clone(), key.clone());
+        // Cached hits only, without the lock, while the value changes.
+        let peeker = spawn({
+            let (c, k) = (client.clone(), key.clone());
+            async move {
+                let mut seen = Vec::new();
+                for _ in 0..4 {
+                    if let Some(hit) = c.get_cached_hit(&k) {
+                        seen.push((hit.version, *hit.value));
+                    }
+                    yield_now().await;
+                }
+                seen
+            }
+        });
         let cancelled = spawn({
             let (c, k) = (client.clone(), key.clone());
             async move {
@@ -134,6 +151,7 @@ fn scenario() {
 
         let seen1 = r1.await.unwrap();
         let seen2 = r2.await.unwrap();
+        let peeked = peeker.await.unwrap();
         cancelled.await.unwrap();
         let set_step = setter.await.unwrap();
         let (inv_step, invalidated) = invalidator.await.unwrap();
@@ -149,6 +167,17 @@ fn scenario() {
             assert!(
                 seen.windows(2).all(|w| w[0].0 <= w[1].0),
                 "versions went down for one reader: {seen:?}"
+            );
+        }
+        // (Only the cached hits: a flight's result for an incarnation that
+        // garbage collection removed mid-fetch carries that incarnation's
+        // version, which the next incarnation may reuse.)
+        let mut value_of = std::collections::BTreeMap::new();
+        for &(version, value) in &peeked {
+            let first = *value_of.entry(version).or_insert(value);
+            assert_eq!(
+                first, value,
+                "version {version} was read with two values: {peeked:?}"
             );
         }
         if let Some(state) = client.state(&key) {

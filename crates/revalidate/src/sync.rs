@@ -16,7 +16,7 @@ mod imp {
 
     pub(crate) mod atomic {
         pub(crate) use std::sync::atomic::{
-            AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+            AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
         };
     }
 }
@@ -44,7 +44,7 @@ mod imp {
 
     pub(crate) mod atomic {
         pub(crate) use shuttle::sync::atomic::{
-            AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, AtomicUsize,
+            AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, fence,
         };
         pub(crate) use std::sync::atomic::Ordering;
     }

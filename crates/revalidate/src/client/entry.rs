@@ -6,7 +6,7 @@
 //! entry's `cold` mutex, which no reader ever takes and no fetch holds while
 //! it waits on the source.
 
-use crate::sync::atomic::{AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering::*};
+use crate::sync::atomic::{AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering::*, fence};
 use std::sync::Arc;
 
 use crate::sync::{Mutex, MutexGuard};
@@ -128,6 +128,12 @@ impl<V> Locked<'_, V> {
     }
 }
 
+/// Set in `version` while the value is being replaced (under the entry's
+/// lock): a reader pairing the value with its version without the lock
+/// then knows the two may not match (see [`Entry::data_and_version`]).
+/// Versions never reach it.
+const WRITING: u64 = 1 << 63;
+
 const FETCHING: u8 = 1;
 const INVALIDATED: u8 = 2;
 
@@ -191,6 +197,29 @@ impl<V> Entry<V> {
     #[inline]
     pub(crate) fn data(&self, guard: &impl Guard) -> Option<Arc<V>> {
         self.data.load(guard)
+    }
+
+    /// The cached value and the version it was stored under, as one pair.
+    /// Loading the two one after the other could pair the old value with
+    /// the new version when a store ran between the loads (CI once saw a
+    /// node serve an old body under the version of the next: a reader
+    /// descheduled between its two loads). A seqlock read: the version
+    /// before and after the value must be the same and not [`WRITING`];
+    /// when they are not, the pair is read under the entry's lock, which
+    /// every store holds. Never call it with that lock held.
+    #[inline]
+    pub(crate) fn data_and_version(&self, guard: &impl Guard) -> Option<(Arc<V>, u64)> {
+        let before = self.version.load(Acquire);
+        if before & WRITING == 0 {
+            let data = self.data.load(guard)?;
+            fence(Acquire);
+            if self.version.load(Relaxed) == before {
+                return Some((data, before));
+            }
+        }
+        let _w = self.lock();
+        let data = self.data.load(guard)?;
+        Some((data, self.version()))
     }
 
     pub(crate) fn has_data(&self) -> bool {
@@ -280,8 +309,10 @@ impl<V> Entry<V> {
         }
     }
 
+    /// The data version (the one before a store in progress: it is
+    /// published when the store ends).
     pub(crate) fn version(&self) -> u64 {
-        self.version.load(Acquire)
+        self.version.load(Acquire) & !WRITING
     }
 
     pub(crate) fn errors(&self) -> u32 {
@@ -340,7 +371,7 @@ impl<V> Entry<V> {
     where
         V: PartialEq,
     {
-        let held = self.version.load(Acquire);
+        let held = self.version();
         if let Versioning::Given(v) = version
             && v < held
         {
@@ -351,6 +382,7 @@ impl<V> Entry<V> {
             (Some(new), Some(cur)) if *cur == new => (Some(cur), false),
             (Some(new), _) => {
                 let new = Arc::new(new);
+                self.begin_write(held);
                 self.data.store(new.clone(), guard);
                 (Some(new), true)
             }
@@ -365,7 +397,8 @@ impl<V> Entry<V> {
             Versioning::Local if changed => held + 1,
             Versioning::Local => held,
         };
-        if next != held {
+        if next != held || changed {
+            // Also ends the write `begin_write` marked.
             self.version.store(next, Release);
         }
         if changed && let Some(tx) = w.get().and_then(|c| c.changes.as_ref()) {
@@ -383,9 +416,19 @@ impl<V> Entry<V> {
         version: u64,
         guard: &impl Guard,
     ) {
+        self.begin_write(self.version());
         self.data.store(value, guard);
         self.updated_at.store(updated.0, Relaxed);
         self.version.store(version, Release);
+    }
+
+    /// Marks the version (`held`, under the lock) as being written before
+    /// the value is replaced; the store that publishes the new version ends
+    /// it. The fence orders the mark before the value for any reader that
+    /// sees the new value (the seqlock's writer half).
+    fn begin_write(&self, held: u64) {
+        self.version.store(held | WRITING, Relaxed);
+        fence(Release);
     }
 
     pub(crate) fn record_success(&self, w: &mut Locked<'_, V>) {

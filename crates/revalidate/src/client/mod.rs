@@ -394,7 +394,7 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClient<V> {
     /// Only when nothing is cached: the fetch failed (shared by the readers
     /// that waited for it, not cached), or the network is offline.
     pub async fn get(&self, key: &QueryKey) -> Result<Arc<V>, FetchError> {
-        if let Some(v) = self.inner.read(key, |_, v, _, _| v) {
+        if let Some(v) = self.inner.read(key, |_, (v, _), _, _| v) {
             return Ok(v);
         }
         self.inner.load(key, true, false).await.map(|h| h.value)
@@ -418,7 +418,7 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClient<V> {
     /// increment and a clock read. It never waits, never decodes, never copies.
     #[inline]
     pub fn get_cached(&self, key: &QueryKey) -> Option<Arc<V>> {
-        match self.inner.read(key, |_, v, _, _| v) {
+        match self.inner.read(key, |_, (v, _), _, _| v) {
             Some(v) => Some(v),
             None => {
                 self.inner.count_miss(key);
@@ -433,7 +433,7 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClient<V> {
     pub fn peek(&self, key: &QueryKey) -> Option<(Arc<V>, u64)> {
         let guard = self.inner.map.guard();
         let entry = self.inner.map.get(key, &guard)?;
-        entry.data(&guard).map(|v| (v, entry.version()))
+        entry.data_and_version(&guard)
     }
 
     /// The cached value with its metadata, if any, without fetching. Counts as a read.
@@ -1145,7 +1145,11 @@ impl<V> Inner<V> {
             )
         };
         let updated = entry.updated_at();
-        let data = entry.data(&self.map.guard());
+        // The value and its version as one pair (see `data_and_version`).
+        let (data, version) = match entry.data_and_version(&self.map.guard()) {
+            Some((data, version)) => (Some(data), version),
+            None => (None, entry.version()),
+        };
         let stale = data.is_some() && entry.is_stale(now);
         let status = if entry.is_fetching() {
             FetchStatus::Fetching
@@ -1170,7 +1174,7 @@ impl<V> Inner<V> {
             observers,
             last_read: self.clock.wall_of(entry.last_read()),
             is_active: observers > 0 || self.read_recently(entry, now),
-            version: entry.version(),
+            version,
             next_check: entry.slot.queued_at().map(|t| self.clock.wall_of(t)),
         }
     }
@@ -1266,17 +1270,18 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
         .is_some()
     }
 
-    /// The cached read path. Calls `f` with the entry, its value, the time
-    /// and whether the value is stale; `None` when nothing is cached.
+    /// The cached read path. Calls `f` with the entry, its value and that
+    /// value's version (one pair), the time and whether the value is stale;
+    /// `None` when nothing is cached.
     #[inline]
     fn read<R>(
         &self,
         key: &QueryKey,
-        f: impl FnOnce(&Entry<V>, Arc<V>, Stamp, bool) -> R,
+        f: impl FnOnce(&Entry<V>, (Arc<V>, u64), Stamp, bool) -> R,
     ) -> Option<R> {
         let guard = self.map.guard();
         let entry = self.map.get(key, &guard)?;
-        let value = entry.data(&guard)?;
+        let value = entry.data_and_version(&guard)?;
         let now = self.clock.now();
         self.touch(entry, now);
         let stale = entry.is_stale(now);
@@ -1290,7 +1295,7 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
         Some(f(entry, value, now, stale))
     }
 
-    fn hit(entry: &Entry<V>, value: Arc<V>, now: Stamp, stale: bool) -> Hit<V> {
+    fn hit(entry: &Entry<V>, (value, version): (Arc<V>, u64), now: Stamp, stale: bool) -> Hit<V> {
         let updated = entry.updated_at().unwrap_or(now);
         Hit {
             value,
@@ -1300,7 +1305,7 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
                 Freshness::Fresh
             },
             age: now.since(updated),
-            version: entry.version(),
+            version,
         }
     }
 
@@ -1378,7 +1383,7 @@ impl<V: PartialEq + Send + Sync + 'static> Inner<V> {
                 let guard = self.map.guard();
                 let now = self.clock.now();
                 let entry = self.entry_or_create(key, now, &guard);
-                if !force && let Some(value) = entry.data(&guard) {
+                if !force && let Some(value) = entry.data_and_version(&guard) {
                     // Filled by another reader since we looked.
                     let stale = entry.is_stale(now);
                     return Ok(Self::hit(entry, value, now, stale));
