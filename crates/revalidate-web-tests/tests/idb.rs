@@ -186,9 +186,15 @@ async fn undecodable_entries_are_pruned() {
     assert_eq!(good.len(), 1);
     let mut bad = Batch::default();
     // A record that does not parse, and a good record with a payload that
-    // is not JSON.
+    // is not JSON. (Made a format 1 record, which has no checksum, by
+    // dropping the format 2 checksum: under another key and with another
+    // payload, a format 2 record would fail it, and that is corruption,
+    // not an undecodable entry.)
     bad.puts.push((b"r.junk\0{}".to_vec(), b"garbage".to_vec()));
     let mut not_json = good[0].1.clone();
+    assert_eq!(not_json[0], 2, "records are written in format 2");
+    not_json.truncate(not_json.len() - 8);
+    not_json[0] = 1;
     let n = not_json.len();
     not_json[n - 1] = b'}';
     not_json.push(b'{');

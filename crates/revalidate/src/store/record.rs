@@ -138,7 +138,8 @@ impl Record {
         let bytes = match bytes.first() {
             None => return Err(RecordError::Truncated),
             Some(&FORMAT) => {
-                let Some(split) = bytes.len().checked_sub(CHECKSUM_BYTES) else {
+                // At least the format byte before the checksum.
+                let Some(split) = bytes.len().checked_sub(CHECKSUM_BYTES).filter(|&n| n > 0) else {
                     return Err(RecordError::Truncated);
                 };
                 let (value, sum) = bytes.split_at(split);
