@@ -625,26 +625,30 @@ async fn restored_from(
         .collect())
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_record_changed_on_disk_is_caught_by_its_checksum() {
+/// The bytes of a store file that a persisted client wrote and closed,
+/// holding `value(i)` for each of `n` keys (returned too).
+async fn persisted_file(n: usize, value: impl Fn(usize) -> Value) -> (Vec<QueryKey>, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cache.redb");
-    let keys: Vec<QueryKey> = (0..200)
+    let keys: Vec<QueryKey> = (0..n)
         .map(|i| key("process.list", json!({ "page": i })))
         .collect();
-    let value = |i: usize| json!({ "marker": format!("MARKER-{i:05}"), "rows": [i] });
-    {
-        let c = client(&Fake::new());
-        let (persist, _) = Persistence::new(RedbStore::open(&path).unwrap())
-            .start(&c)
-            .await
-            .unwrap();
-        for (i, k) in keys.iter().enumerate() {
-            c.set_data(k, value(i));
-        }
-        persist.shutdown().await.unwrap();
+    let c = client(&Fake::new());
+    let (persist, _) = Persistence::new(RedbStore::open(&path).unwrap())
+        .start(&c)
+        .await
+        .unwrap();
+    for (i, k) in keys.iter().enumerate() {
+        c.set_data(k, value(i));
     }
-    let clean = std::fs::read(&path).unwrap();
+    persist.shutdown().await.unwrap();
+    (keys, std::fs::read(&path).unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_record_changed_on_disk_is_caught_by_its_checksum() {
+    let value = |i: usize| json!({ "marker": format!("MARKER-{i:05}"), "rows": [i] });
+    let (keys, clean) = persisted_file(200, value).await;
     let at = clean
         .windows(12)
         .position(|w| w == b"MARKER-00042")
@@ -678,24 +682,8 @@ async fn a_record_changed_on_disk_is_caught_by_its_checksum() {
 
 #[tokio::test(start_paused = true)]
 async fn a_store_damaged_page_by_page_restores_nothing_damaged() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("cache.redb");
-    let keys: Vec<QueryKey> = (0..300)
-        .map(|i| key("process.list", json!({ "page": i })))
-        .collect();
     let value = |i: usize| json!({ "rows": [i, i * 7, "x".repeat(i % 97)] });
-    {
-        let c = client(&Fake::new());
-        let (persist, _) = Persistence::new(RedbStore::open(&path).unwrap())
-            .start(&c)
-            .await
-            .unwrap();
-        for (i, k) in keys.iter().enumerate() {
-            c.set_data(k, value(i));
-        }
-        persist.shutdown().await.unwrap();
-    }
-    let clean = std::fs::read(&path).unwrap();
+    let (keys, clean) = persisted_file(300, value).await;
     for offset in [0usize, 17, 512, 1000, 2049, 4095] {
         let mut bytes = clean.clone();
         for at in (offset..bytes.len()).step_by(4096) {
