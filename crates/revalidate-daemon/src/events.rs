@@ -62,19 +62,14 @@ pub(crate) fn unix_ms(t: std::time::SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// One entry of the log.
-#[derive(Debug, Clone)]
-pub(crate) enum Logged {
-    Change(ChangeEvent),
-    /// The log itself fell behind the engine: listeners must resynchronise.
-    Resync,
-}
+/// One numbered event of the log.
+pub(crate) type Logged = (u64, Arc<ChangeEvent>);
 
 #[derive(Debug)]
 struct Ring {
     /// The id the next event gets (ids start at 1).
     next: u64,
-    events: VecDeque<(u64, Arc<Logged>)>,
+    events: VecDeque<Logged>,
     capacity: usize,
 }
 
@@ -82,7 +77,7 @@ struct Ring {
 #[derive(Debug)]
 pub(crate) enum Replay {
     /// Every event after its last one.
-    Events(Vec<(u64, Arc<Logged>)>),
+    Events(Vec<Logged>),
     /// Its last event is older than the ring: a snapshot, then live events.
     Snapshot,
 }
@@ -91,11 +86,17 @@ pub(crate) enum Replay {
 #[derive(Debug)]
 pub(crate) struct EventLog {
     ring: Mutex<Ring>,
-    tx: broadcast::Sender<(u64, Arc<Logged>)>,
+    tx: broadcast::Sender<Logged>,
 }
 
 impl EventLog {
-    /// Starts logging `client`'s changes (the task ends with the runtime).
+    /// Starts logging `client`'s changes.
+    ///
+    /// The log listens synchronously (`QueryClient::on_change`), so a
+    /// change has its id before the reader whose fetch made it is answered:
+    /// a client that reads and then opens the feed does not hear of the
+    /// change it was already answered with, and the log never falls behind
+    /// the engine.
     pub(crate) fn start(
         client: &QueryClient<Payload>,
         capacity: usize,
@@ -109,30 +110,20 @@ impl EventLog {
             }),
             tx: broadcast::Sender::new(capacity.clamp(16, 4096)),
         });
-        let mut changes = client.changes();
         let weak = Arc::downgrade(&log);
-        tokio::spawn(async move {
-            loop {
-                let logged = match changes.recv().await {
-                    Ok(change) => Logged::Change(ChangeEvent::of(&change, &scopes)),
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(target: "revalidate", "the change log fell {n} changes behind; clients will resynchronise");
-                        Logged::Resync
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                let Some(log) = weak.upgrade() else { return };
-                log.push(logged);
+        client.on_change(move |change| {
+            if let Some(log) = weak.upgrade() {
+                log.push(ChangeEvent::of(change, &scopes));
             }
         });
         log
     }
 
-    fn push(&self, logged: Logged) {
+    fn push(&self, event: ChangeEvent) {
         let mut ring = self.ring.lock();
         let id = ring.next;
         ring.next += 1;
-        let entry = (id, Arc::new(logged));
+        let entry = (id, Arc::new(event));
         if ring.events.len() == ring.capacity {
             ring.events.pop_front();
         }
@@ -142,7 +133,7 @@ impl EventLog {
     }
 
     /// Live events from now on.
-    pub(crate) fn subscribe(&self) -> broadcast::Receiver<(u64, Arc<Logged>)> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Logged> {
         self.tx.subscribe()
     }
 
@@ -173,8 +164,8 @@ impl EventLog {
 mod tests {
     use super::*;
 
-    fn change(n: u64) -> Logged {
-        Logged::Change(ChangeEvent {
+    fn change(n: u64) -> ChangeEvent {
+        ChangeEvent {
             key: format!("k{n}"),
             action: "a".into(),
             params: Value::Null,
@@ -183,7 +174,7 @@ mod tests {
             version: n,
             query: QueryKey::bare("a"),
             owner: None,
-        })
+        }
     }
 
     fn log(capacity: usize) -> EventLog {

@@ -268,6 +268,52 @@ async fn subscribers_hear_only_real_changes() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn on_change_listeners_hear_each_real_change_before_the_readers_are_answered() {
+    let fake = Fake::new().latency(Duration::from_millis(50));
+    let c = client(&fake);
+    let k = key("process.list", Value::Null);
+    fake.constant(json!({"rows": [1]}));
+    let heard = Arc::new(std::sync::Mutex::new(Vec::<(QueryKey, u64)>::new()));
+    c.on_change({
+        let heard = heard.clone();
+        move |change| {
+            heard
+                .lock()
+                .unwrap()
+                .push((change.key.clone(), change.version))
+        }
+    });
+    let mut changes = c.changes();
+    // Ten readers share one fetch; each, as it is answered, finds the
+    // change already heard: nothing runs between the store and the call.
+    let readers = (0..10).map(|_| {
+        let (c, k, heard) = (c.clone(), k.clone(), heard.clone());
+        tokio::spawn(async move {
+            c.get(&k).await.unwrap();
+            heard.lock().unwrap().clone()
+        })
+    });
+    let version = |c: &QueryClient<Value>| c.state(&k).unwrap().version;
+    for seen in futures::future::join_all(readers).await {
+        assert_eq!(seen.unwrap(), vec![(k.clone(), version(&c))]);
+    }
+    assert_eq!(fake.calls(), 1);
+    // Equal data is not a change; different data is, for both listeners.
+    advance(Duration::from_secs(600)).await;
+    c.refetch(&k).await.unwrap();
+    c.set_data(&k, json!({"rows": [2]}));
+    let last = version(&c);
+    let heard = heard.lock().unwrap().clone();
+    assert_eq!(heard, vec![(k.clone(), last - 1), (k.clone(), last)]);
+    assert_eq!(changes.recv().await.unwrap().version, last - 1);
+    assert_eq!(changes.recv().await.unwrap().version, last);
+    assert!(
+        changes.try_recv().is_err(),
+        "the equal refetch announced nothing"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn remove_ends_subscriptions_and_forgets_the_query() {
     let fake = Fake::new();
     let c = client(&fake);

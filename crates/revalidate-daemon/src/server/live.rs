@@ -28,7 +28,7 @@ use super::access::Reader;
 use super::admin::{cluster_json, network_json, query_json, stats_json};
 use super::error::ApiError;
 use super::{AppState, Shared};
-use crate::events::{ChangeEvent, Logged, Replay, unix_ms};
+use crate::events::{ChangeEvent, Replay, unix_ms};
 use crate::identity::UserId;
 
 /// What a `/v1/events` client asked for in its query string.
@@ -213,12 +213,10 @@ pub(crate) async fn events(
         None => {}
         Some(Replay::Snapshot) => first.push(snapshot(&state, &filter, me.as_ref(), Some(seen))),
         Some(Replay::Events(missed)) => {
-            for (id, logged) in missed {
+            for (id, c) in missed {
                 seen = seen.max(id);
-                match &*logged {
-                    Logged::Change(c) if wanted(c) => first.push(change(&state, id, c, include)),
-                    Logged::Change(_) => {}
-                    Logged::Resync => first.push(snapshot(&state, &filter, me.as_ref(), Some(id))),
+                if wanted(&c) {
+                    first.push(change(&state, id, &c, include));
                 }
             }
         }
@@ -229,11 +227,7 @@ pub(crate) async fn events(
         move |item| {
             let event = match item {
                 Ok((id, _)) if id <= seen => None,
-                Ok((id, logged)) => match &*logged {
-                    Logged::Change(c) if wanted(c) => Some(change(&state, id, c, include)),
-                    Logged::Change(_) => None,
-                    Logged::Resync => Some(snapshot(&state, &filter, me.as_ref(), Some(id))),
-                },
+                Ok((id, c)) => wanted(&c).then(|| change(&state, id, &c, include)),
                 // This client fell behind the live feed: resynchronise it.
                 // (Without an id: events older than it may still be queued.)
                 Err(_lagged) => Some(snapshot(&state, &filter, me.as_ref(), None)),

@@ -149,7 +149,12 @@ pub(crate) struct Inner<V> {
     schedule: RefreshSchedule,
     hooks: std::sync::OnceLock<Arc<dyn ChangeHook<V>>>,
     changes: tokio::sync::broadcast::Sender<Change>,
+    /// [`QueryClient::on_change`]'s listeners, called in `announce`.
+    listeners: parking_lot::RwLock<Vec<ChangeListener>>,
 }
+
+/// A listener of [`QueryClient::on_change`].
+type ChangeListener = Box<dyn Fn(&Change) + Send + Sync>;
 
 /// A change of one query's data, as seen by [`QueryClient::changes`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -305,6 +310,7 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClientBuilder<V> {
                 schedule: RefreshSchedule::new(),
                 hooks: std::sync::OnceLock::new(),
                 changes: tokio::sync::broadcast::Sender::new(CHANGES_CAPACITY),
+                listeners: parking_lot::RwLock::default(),
             }),
         }
     }
@@ -589,6 +595,21 @@ impl<V: PartialEq + Send + Sync + 'static> QueryClient<V> {
     /// `RecvError::Lagged` and should resynchronise from [`queries`](Self::queries).
     pub fn changes(&self) -> tokio::sync::broadcast::Receiver<Change> {
         self.inner.changes.subscribe()
+    }
+
+    /// Calls `listener` with every change of any query's data, the same
+    /// ones [`changes`](Self::changes) carries, but synchronously: before
+    /// the refresh or [`set_data`](Self::set_data) that made the change
+    /// returns, and before the readers waiting on that fetch are answered.
+    /// So a change log fed by a listener already holds the change a reader
+    /// was answered with when that reader next looks at the log, and it
+    /// never loses a change to lag.
+    ///
+    /// The listener runs on the task that stored the value: it must be
+    /// quick, must not block, and must not call `on_change` itself. It is
+    /// kept for as long as the client lives.
+    pub fn on_change(&self, listener: impl Fn(&Change) + Send + Sync + 'static) {
+        self.inner.listeners.write().push(Box::new(listener));
     }
 
     /// Marks the matching queries stale. The refresh service refreshes the
@@ -1181,14 +1202,23 @@ impl<V> Inner<V> {
 
     /// Tells [`QueryClient::changes`] listeners that `key`'s data changed.
     fn announce(&self, key: &QueryKey, entry: &Entry<V>) {
+        let listeners = self.listeners.read();
+        if self.changes.receiver_count() == 0 && listeners.is_empty() {
+            return;
+        }
+        let change = Change {
+            key: key.clone(),
+            version: entry.version(),
+            updated_at: entry
+                .updated_at()
+                .map_or_else(|| self.clock.wall_now(), |t| self.clock.wall_of(t)),
+        };
+        for listener in listeners.iter() {
+            listener(&change);
+        }
+        drop(listeners);
         if self.changes.receiver_count() > 0 {
-            let _ = self.changes.send(Change {
-                key: key.clone(),
-                version: entry.version(),
-                updated_at: entry
-                    .updated_at()
-                    .map_or_else(|| self.clock.wall_now(), |t| self.clock.wall_of(t)),
-            });
+            let _ = self.changes.send(change);
         }
     }
 
