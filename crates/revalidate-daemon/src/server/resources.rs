@@ -290,7 +290,8 @@ pub(crate) fn answer(hit: &Hit<Payload>, condition: Option<&IfNoneMatch>) -> Res
         _ => "revalidate; fwd=miss; stored",
     };
     let payload = &hit.value;
-    let not_modified = condition.is_some_and(|c| is_not_modified(c, &payload.etag()));
+    let etag = payload.etag();
+    let not_modified = condition.is_some_and(|c| is_not_modified(c, &etag));
     let (mut response, length) = if not_modified {
         let r = StatusCode::NOT_MODIFIED.into_response();
         (r, HeaderValue::from_static("0"))
@@ -305,7 +306,7 @@ pub(crate) fn answer(hit: &Hit<Payload>, condition: Option<&IfNoneMatch>) -> Res
     let h = response.headers_mut();
     h.insert(header::AGE, age_value(hit.age.as_secs()));
     h.insert(CACHE_STATUS, HeaderValue::from_static(status));
-    h.insert(header::ETAG, payload.etag());
+    h.insert(header::ETAG, etag);
     h.insert(X_REVALIDATE_VERSION, payload.version_value(hit.version));
     // What axum's router would add last, from the body's exact size; set
     // here, it is prepared, and the same on the fast path (see `fast_read`).
