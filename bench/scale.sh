@@ -4,7 +4,13 @@
 #
 #   fill       N distinct reads through the daemon (each a miss, a fetch from
 #              the bench upstream and a new entry; no shortcut), req/s
-#   RSS/query  (VmRSS after the fill − VmRSS of the same daemon empty) / N
+#   RSS/query  (VmRSS after the fill − VmRSS of the same daemon empty) / N,
+#              twice: at the end of the fill, and settled (once the
+#              write-behind has flushed all N, the lowest of 25 one-second
+#              samples: jemalloc returns freed pages after ~10 s); and the
+#              marginal cost, the settled RSS's growth from the previous
+#              size divided by the queries added (what one more query costs,
+#              without the fixed costs: redb's 8 MiB cache, the runtime)
 #   read p99   wrk over random keys of the N, against one hot key (same run)
 #   listing    GET /v1/queries?limit=100 (first page and a later one)
 #   /v1/stats  its latency (its active count is kept by the engine, no pass)
@@ -35,28 +41,16 @@ CLIENT_CPU=${CLIENT_CPU:-1}
 BIN=${REVALIDATE_BIN:-$ROOT/target/release/revalidate}
 TOOL=${SCALE_BENCH_BIN:-$ROOT/target/release/examples/scale_bench}
 
-log() { printf '[scale.sh] %s\n' "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
+BENCH=scale.sh
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 for c in wrk python3 curl taskset; do
   command -v "$c" >/dev/null || die "missing: $c (apt-get install -y wrk python3 curl util-linux)"
 done
 [[ -x $BIN ]] || die "missing: $BIN — cargo build --release -p revalidate-daemon"
 [[ -x $TOOL ]] || die "missing: $TOOL — cargo build --release -p revalidate-daemon --example scale_bench"
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/revalidate-scale.XXXXXX")
-PIDS=()
-cleanup() {
-  local rc=$? p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  ((rc == 0)) || { tail -n 20 "$TMP"/*.log >&2 || true; }
-  rm -rf "$TMP"
-  exit "$rc"
-}
-trap cleanup EXIT
+bench_tmp scale
 log "load before: $(uptime)"
 
 taskset -c "$CLIENT_CPU" "$TOOL" upstream >"$TMP/upstream.port" 2>"$TMP/upstream.log" &
@@ -106,6 +100,20 @@ stop_daemon() {
   wait "$DPID" 2>/dev/null || true
 }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+settled_rss_kb() { # settled_rss_kb PID N: the lowest RSS of 25 s, once all N are flushed
+  local pid=$1 n=$2 low deadline=$((SECONDS + 300)) r
+  until [[ $(stat_of "int(d['store']['written'] >= $n and d['store']['pending'] == 0)") == 1 ]]; do
+    ((SECONDS < deadline)) || die "the write-behind did not flush $n queries"
+    sleep 0.5
+  done
+  low=$(rss_kb "$pid")
+  for ((i = 0; i < 25; i++)); do
+    sleep 1
+    r=$(rss_kb "$pid")
+    ((r < low)) && low=$r
+  done
+  echo "$low"
+}
 median() { python3 -c 'import statistics,sys; print(statistics.median(map(float, sys.argv[1:])))' "$@"; }
 range() { python3 -c 'import sys; v=sorted(map(float, sys.argv[1:])); print(f"{v[0]:g}–{v[-1]:g}")' "$@"; }
 stat_of() { curl -fsS "$DURL/v1/stats" | python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
@@ -140,7 +148,15 @@ for N in $SIZES; do
   [[ $queries == "$N" ]] || die "N=$N: $queries cached after the fill"
   full=$(rss_kb "$DPID")
   per_query=$(((full - empty) * 1024 / N))
-  log "N=$N RSS empty ${empty} kB, full ${full} kB: $per_query B/query"
+  settled=$(settled_rss_kb "$DPID" "$N")
+  settled_per_query=$(((settled - empty) * 1024 / N))
+  if [[ -n ${prev_n:-} ]]; then
+    marginal=$(((settled - prev_settled) * 1024 / (N - prev_n)))
+  else
+    marginal=-
+  fi
+  prev_n=$N prev_settled=$settled
+  log "N=$N RSS empty ${empty} kB, end of fill ${full} kB ($per_query B/query), settled ${settled} kB ($settled_per_query B/query), marginal $marginal B/query"
 
   # Reads: random keys of the N against one hot key, alternating, same daemon.
   cat >"$TMP/random.lua" <<EOF
@@ -187,9 +203,9 @@ EOF
   log "N=$N /v1/queries first ${first_ms} ms, later ${later_ms} ms, limit=1000 ${max_ms} ms; /v1/stats ${stats_ms} ms; live tick ${ticks[*]} us"
 
   # Stop (the store is flushed on the way out), then restart on it.
-  t=$(ms_now)
+  stop_start=$(ms_now)
   stop_daemon
-  stop_ms=$(($(ms_now) - t))
+  stop_ms=$(($(ms_now) - stop_start))
   store_bytes=$(stat -c %s "$TMP/store.db")
   start_daemon "hydrate-$N"
   hydrate_ms=$((LISTEN_MS - STARTED_MS))
@@ -204,13 +220,14 @@ EOF
   stop_daemon
   rm -f "$TMP/store.db"
 
-  ROWS+=("$(python3 - "$N" "$fill_rate" "$per_query" "$(median "${rand_p99[@]}")" "$(range "${rand_p99[@]}")" \
+  ROWS+=("$(python3 - "$N" "$fill_rate" "$per_query" "$settled_per_query" "$marginal" "$(median "${rand_p99[@]}")" "$(range "${rand_p99[@]}")" \
     "$(median "${hot_p99[@]}")" "$first_ms" "$later_ms" "$max_ms" "$stats_ms" "$tick_us" "$(range "${ticks[@]}")" \
     "$store_bytes" "$hydrate_ms" "$hydrated_rss" "$empty" <<'PY'
 import sys
-(n, fill, per, rp99, rrange, hp99, first, later, mx, stats, tick, trange, store, hyd, hrss, empty) = sys.argv[1:]
+(n, fill, per, settled, marginal, rp99, rrange, hp99, first, later, mx, stats, tick, trange, store, hyd, hrss, empty) = sys.argv[1:]
 n = int(n)
-print(f"| {n:,} | {float(fill):,.0f} | {int(per):,} B | {float(rp99):.2f} ({rrange}) | {float(hp99):.2f} | "
+marginal = "–" if marginal == "-" else f"{int(marginal):,} B"
+print(f"| {n:,} | {float(fill):,.0f} | {int(per):,} B / {int(settled):,} B | {marginal} | {float(rp99):.2f} ({rrange}) | {float(hp99):.2f} | "
       f"{float(first):.1f} / {float(later):.1f} / {float(mx):.1f} | {float(stats):.1f} | {float(tick) / 1000:.2f} ({trange} µs) | "
       f"{int(store) / 2**20:,.0f} MiB ({int(store) / n:,.0f} B/query) | {int(hyd) / 1000:.2f} s | {(int(hrss) - int(empty)) * 1024 / n:,.0f} B |")
 PY
@@ -219,6 +236,6 @@ done
 
 log "load after: $(uptime)"
 echo
-echo "| queries | fill req/s | RSS/query (target 1,836 B) | read p99 ms, random keys (range of $RUNS) | read p99 ms, one hot key | /v1/queries ms: limit=100 first / later / limit=1000 | /v1/stats ms | /v1/live tick build ms (range) | store file | hydrate (exec → listening) | RSS/query after hydrate |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| queries | fill req/s | RSS/query: end of fill / settled (target 1,836 B) | marginal RSS/query | read p99 ms, random keys (range of $RUNS) | read p99 ms, one hot key | /v1/queries ms: limit=100 first / later / limit=1000 | /v1/stats ms | /v1/live tick build ms (range) | store file | hydrate (exec → listening) | RSS/query after hydrate |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 printf '%s\n' "${ROWS[@]}"
