@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use revalidate::{
     FetchError, FetchStatus, Freshness, Policy, QueryClient, QueryFilter, QueryKey,
-    RefreshSettings, Staleness,
+    RefreshSettings, Remote, Staleness,
 };
 use serde_json::{Value, json};
 use support::{Fake, Step, key, settle};
@@ -311,6 +311,39 @@ async fn on_change_listeners_hear_each_real_change_before_the_readers_are_answer
         changes.try_recv().is_err(),
         "the equal refetch announced nothing"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_remote_value_under_the_version_held_moves_past_it_and_equal_data_only_confirms() {
+    let fake = Fake::new();
+    let c = client(&fake);
+    let k = key("process.list", Value::Null);
+    fake.constant(json!({"rows": [1]}));
+    c.get(&k).await.unwrap();
+    let held = c.state(&k).unwrap().version;
+    let mut sub = c.subscribe(&k);
+    // Times after the fetch and before the engine's now (later ones are
+    // taken as now).
+    let fetched = c.state(&k).unwrap().updated_at.unwrap();
+    advance(Duration::from_secs(10)).await;
+    let later = |secs| fetched + Duration::from_secs(secs);
+    // The same version and the same data, confirmed later: fresher, no change.
+    assert!(c.apply_remote(&k, Remote::new(json!({"rows": [1]}), held, later(1))));
+    assert_eq!(c.state(&k).unwrap().version, held);
+    // The same version with other data (numbered apart): stored under the next.
+    assert!(c.apply_remote(&k, Remote::new(json!({"rows": [2]}), held, later(2))));
+    assert_eq!(*c.get_cached(&k).unwrap(), json!({"rows": [2]}));
+    assert_eq!(c.state(&k).unwrap().version, held + 1);
+    let next = tokio::time::timeout(Duration::from_secs(1), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(*next, json!({"rows": [2]}));
+    // A newer version is taken as given; an older one is refused.
+    assert!(c.apply_remote(&k, Remote::new(json!({"rows": [3]}), held + 5, later(3))));
+    assert_eq!(c.state(&k).unwrap().version, held + 5);
+    assert!(!c.apply_remote(&k, Remote::new(json!({"rows": [4]}), held + 4, later(4))));
+    assert_eq!(*c.get_cached(&k).unwrap(), json!({"rows": [3]}));
 }
 
 #[tokio::test(start_paused = true)]

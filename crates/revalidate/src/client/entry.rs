@@ -357,7 +357,8 @@ impl<V> Entry<V> {
     /// Stores `value` (if it differs) and marks the data updated at `at`.
     /// Returns the value now cached and whether it changed, or `None`,
     /// touching nothing, when `version` comes from outside and is older than
-    /// the entry's. `validated` clears the invalidated mark (the data is
+    /// the entry's. Data never changes under the same version: a given
+    /// version equal to the held one, with other data, becomes the next. `validated` clears the invalidated mark (the data is
     /// known current).
     pub(crate) fn store(
         &self,
@@ -378,6 +379,7 @@ impl<V> Entry<V> {
             return None;
         }
         let current = self.data.load(guard);
+        let held_a_value = current.is_some();
         let (cached, changed) = match (value, current) {
             (Some(new), Some(cur)) if *cur == new => (Some(cur), false),
             (Some(new), _) => {
@@ -393,6 +395,11 @@ impl<V> Entry<V> {
             self.flags.fetch_and(!INVALIDATED, Relaxed);
         }
         let next = match version {
+            // The version held, with other data: two nodes numbered
+            // different data alike while apart. A version names one
+            // value, so this one moves past it (the nodes converge on the
+            // next version either gives out).
+            Versioning::Given(v) if changed && held_a_value && v == held => held + 1,
             Versioning::Given(v) => v,
             Versioning::Local if changed => held + 1,
             Versioning::Local => held,
