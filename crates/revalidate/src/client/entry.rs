@@ -358,8 +358,8 @@ impl<V> Entry<V> {
     /// Returns the value now cached and whether it changed, or `None`,
     /// touching nothing, when `version` comes from outside and is older than
     /// the entry's. Data never changes under the same version: a given
-    /// version equal to the held one, with other data, becomes the next. `validated` clears the invalidated mark (the data is
-    /// known current).
+    /// version equal to the held one, with other data, becomes the next.
+    /// `validated` clears the invalidated mark (the data is known current).
     pub(crate) fn store(
         &self,
         w: &mut Locked<'_, V>,

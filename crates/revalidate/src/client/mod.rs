@@ -1200,7 +1200,8 @@ impl<V> Inner<V> {
         }
     }
 
-    /// Tells [`QueryClient::changes`] listeners that `key`'s data changed.
+    /// Tells [`QueryClient::on_change`]'s listeners, then
+    /// [`QueryClient::changes`]' receivers, that `key`'s data changed.
     fn announce(&self, key: &QueryKey, entry: &Entry<V>) {
         let listeners = self.listeners.read();
         if self.changes.receiver_count() == 0 && listeners.is_empty() {
