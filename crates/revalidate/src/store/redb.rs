@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use redb::{
     Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata, StorageError,
@@ -56,7 +57,7 @@ struct Shared {
     /// Whether every open checks the whole file ([`RedbStore::open_verified`]).
     verify: bool,
     /// Set once the file is known damaged: nothing opens or writes it again.
-    quarantined: std::sync::atomic::AtomicBool,
+    quarantined: AtomicBool,
     /// The open database; `None` after an I/O failure or a panic inside
     /// redb, until the next operation opens the file again.
     db: Mutex<Option<Arc<Database>>>,
@@ -113,7 +114,7 @@ impl RedbStore {
             shared: Arc::new(Shared {
                 path: path.to_owned(),
                 verify,
-                quarantined: std::sync::atomic::AtomicBool::new(false),
+                quarantined: AtomicBool::new(false),
                 db: Mutex::new(Some(Arc::new(db))),
             }),
         })
@@ -156,11 +157,7 @@ impl RedbStore {
     /// The open database, opening the file again if an earlier failure
     /// dropped it.
     fn db(&self) -> Result<Arc<Database>, StoreError> {
-        if self
-            .shared
-            .quarantined
-            .load(std::sync::atomic::Ordering::Acquire)
-        {
+        if self.shared.quarantined.load(Ordering::Acquire) {
             return Err(StoreError::new(
                 StoreErrorKind::Corrupt,
                 Some(&self.shared.path),
@@ -212,9 +209,7 @@ impl RedbStore {
     /// by this process until it exits (an open of the same path is
     /// refused as locked): move it aside, and open a new store.
     fn quarantine_db(&self) {
-        self.shared
-            .quarantined
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.shared.quarantined.store(true, Ordering::Release);
         if let Some(db) = self.shared.db.lock().take() {
             std::mem::forget(db);
         }
