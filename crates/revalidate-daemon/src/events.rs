@@ -9,7 +9,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use revalidate::{Change, QueryClient, QueryKey};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::broadcast;
 
 use crate::identity::{Scopes, UserId};
@@ -21,7 +21,10 @@ use crate::upstream::Payload;
 pub(crate) struct ChangeEvent {
     pub(crate) key: String,
     pub(crate) action: String,
-    pub(crate) params: Value,
+    /// Kept as its JSON text: the ring holds a thousand events, and a
+    /// parsed object costs a map node of ~600 bytes where the text of
+    /// `{"id":"42"}` costs 16.
+    pub(crate) params: Box<RawValue>,
     /// A per-user query's owner, short.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) user: Option<String>,
@@ -42,7 +45,8 @@ impl ChangeEvent {
         Self {
             key: view.key,
             action: view.action,
-            params: view.params,
+            params: serde_json::value::to_raw_value(&view.params)
+                .unwrap_or_else(|_| RawValue::NULL.to_owned()),
             user: view.user.as_ref().map(|u| u.short().to_owned()),
             updated_at: unix_ms(change.updated_at),
             version: change.version,
@@ -168,7 +172,7 @@ mod tests {
         ChangeEvent {
             key: format!("k{n}"),
             action: "a".into(),
-            params: Value::Null,
+            params: RawValue::NULL.to_owned(),
             user: None,
             updated_at: n,
             version: n,
