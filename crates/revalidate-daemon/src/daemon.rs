@@ -103,11 +103,37 @@ fn metrics_handle() -> Option<PrometheusHandle> {
                     &buckets,
                 )
                 .and_then(PrometheusBuilder::install_recorder)
-                .inspect(|_| server::describe_metrics())
+                .inspect(|handle| {
+                    server::describe_metrics();
+                    keep_up(handle.clone());
+                })
                 .map_err(|e| tracing::warn!("metrics are off: {e}"))
                 .ok()
         })
         .clone()
+}
+
+/// How often the recorder's histograms are drained (the exporter's own
+/// default).
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// Drains the recorder's histograms every [`METRICS_UPKEEP`], on a thread
+/// of its own for the life of the process, like the recorder. A histogram
+/// keeps each sample it records until it is drained, and only a scrape of
+/// `/metrics` or this upkeep drains it: without it, a daemon that nobody
+/// scrapes grew with every refresh it made (one sample each), without end.
+fn keep_up(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(METRICS_UPKEEP);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("no metrics upkeep thread ({e}): histograms are drained by scrapes only");
+    }
 }
 
 /// A running daemon's address, known once it listens.
