@@ -301,12 +301,18 @@ impl RedbStore {
 /// store of a million 1 KB values kept a second copy of them in the
 /// process's memory (~1 KB of RSS per query on top of the cache's own).
 /// The cache serves redb's own lookups, and the store's are few: hydrate
-/// reads every record once, write-behind writes each batch once and reads
-/// nothing back; the OS page cache keeps the file. Measured with
-/// `bench/scale.sh` against 32 MiB: RSS per query 233 B lower at 100k and
-/// 52 B lower at 1M, the hydrate of 1M 4.9 s (6.4–8.5 s before), the fill
-/// rate the same; 4 and 2 MiB saved little more at 100k.
-const CACHE_BYTES: usize = 8 << 20;
+/// reads every record once, in key order; write-behind writes each batch
+/// once and reads nothing back but the b-tree's pages on the way to each
+/// leaf. The OS page cache keeps the file either way. Measured with the
+/// `persist` bench (100k 1 KB writes, medians of alternating runs): 8 MiB,
+/// 1 MiB and 512 KiB write the same ~31k entries/s, 256 KiB ~29k, and no
+/// cache at all ~20k (every page goes to the file as soon as it is
+/// touched). With `bench/scale.sh` at 10k queries, settled RSS per query:
+/// 2,297 B at 8 MiB, 1,844–1,948 B at 1 MiB, 1,808–1,881 B at 512 KiB.
+/// Its price, at 1M queries against 8 MiB (two alternating runs each): the
+/// same fill rate, 11 B less RSS per query, a hydrate ~0.5 s longer (6.35
+/// and 5.51 s against 6.01 and 4.86 s).
+const CACHE_BYTES: usize = 512 << 10;
 
 /// Opens (or creates) the database at `path`, repairing it if it was not
 /// closed cleanly, and with `verify` checking every page first; then
