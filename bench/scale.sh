@@ -10,7 +10,7 @@
 #              samples: jemalloc returns freed pages after ~10 s); and the
 #              marginal cost, the settled RSS's growth from the previous
 #              size divided by the queries added (what one more query costs,
-#              without the fixed costs: redb's 8 MiB cache, the runtime)
+#              without the fixed costs: redb's page cache, the runtime)
 #   read p99   wrk over random keys of the N, against one hot key (same run)
 #   listing    GET /v1/queries?limit=100 (first page and a later one)
 #   /v1/stats  its latency (its active count is kept by the engine, no pass)
